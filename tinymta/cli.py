@@ -1,0 +1,62 @@
+"""The `tinymta` command line (CPython): argument parsing and exit codes only.
+
+Each subcommand hands its work to the module that owns it; errors a user can
+cause (bad file, bad argument) become one line on stderr and exit status 2,
+never a traceback.  This module must not hold MTA logic.
+"""
+import argparse
+import sys
+
+from tinymta import __version__
+
+
+def _build_parser():
+    p = argparse.ArgumentParser(prog="tinymta", description="An embedded MTA for single-board computers.")
+    p.add_argument("--version", action="version", version="tinymta " + __version__)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sp = sub.add_parser("spool", help="inspect a spool file offline")
+    ssub = sp.add_subparsers(dest="spool_command", metavar="ACTION")
+    c = ssub.add_parser("check", help="verify every live message; exit 1 when damage is found")
+    c.add_argument("file")
+    d = ssub.add_parser("dump", help="list the live messages, free space and wear")
+    d.add_argument("--json", action="store_true", help="one line of JSON")
+    d.add_argument("file")
+    k = ssub.add_parser("cat", help="write one message's stored bytes to standard output")
+    k.add_argument("file")
+    k.add_argument("id")
+    return p
+
+
+def main(argv=None):
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        if args.command == "spool":
+            from tinymta import spooltool
+            if args.spool_command == "check":
+                return spooltool.check(args.file, sys.stdout)
+            if args.spool_command == "dump":
+                return spooltool.dump(args.file, sys.stdout, args.json)
+            if args.spool_command == "cat":
+                return spooltool.cat(args.file, args.id)
+            parser.parse_args(["spool", "--help"])
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except (OSError, ValueError, Exception) as e:  # user-facing: one line, no traceback
+        from tinymta.blockdev import BlockDeviceError
+        from tinymta.spoolfmt import SpoolError
+        if not isinstance(e, (OSError, ValueError, BlockDeviceError, SpoolError)):
+            raise
+        msg = str(e) if not isinstance(e, OSError) or not e.filename else "%s: %s" % (e.filename, e.strerror)
+        sys.stderr.write("tinymta: %s\n" % msg)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
