@@ -54,6 +54,7 @@ class Message:
 
 
 _OPEN, _DONE, _DEAD = 0, 1, 2
+RELOC, META, DATA = 1, 2, 3   # room request levels: free sectors each must leave (see Spool._need)
 
 
 class Writer:
@@ -88,7 +89,7 @@ class Writer:
         pos = 0
         while True:
             left = self.fill - pos
-            room = sp._need(fmt.REC_HDR + min(left, 64), False) - fmt.REC_HDR
+            room = sp._need(fmt.REC_HDR + min(left, 64), DATA) - fmt.REC_HDR
             n = min(left, room)
             end = pos + n == self.fill
             if not self.offs:
@@ -167,9 +168,10 @@ class Spool:
         self._msgs = {}
         self._live_bytes = 0
         for msg_id in sc.messages:
-            offs, env_len, size, done = sc.messages[msg_id]
+            offs, env_len, size, done, ack_seq = sc.messages[msg_id]
             media = size + env_len + fmt.REC_HDR * len(offs)
-            self._msgs[msg_id] = [offs, env_len, size, done, media]
+            # [fragment offsets, envelope length, body size, done mask, media bytes, seq of last partial ACK]
+            self._msgs[msg_id] = [offs, env_len, size, done, media, ack_seq]
             self._live_bytes += media
         self._writers = {}
         self._pending = []
@@ -182,6 +184,8 @@ class Spool:
         self._wstart = 0
         self._wfill = 0
         self._dirty = False
+        self._tail_written = self.tail_seq   # tail mark known to be on the medium
+        self._tail_due = None                # a tail mark whose copies are durable, to record
         self._rh = bytearray(fmt.REC_HDR)
         self._rbuf = bytearray(self.unit if self.unit > 64 else 64)
         self.capacity = (self.n - reserve - 1) * (self.e - fmt.SECTOR_HDR)
@@ -208,14 +212,19 @@ class Spool:
     def free_sectors(self):
         return self.n - 1 - fmt.seq_diff(self.head_seq, self.tail_seq)
 
-    def _need(self, nbytes, relocating):
-        """Make room for nbytes in the head sector; returns the room there."""
+    def _need(self, nbytes, level):
+        """Make room for nbytes in the head sector; returns the room there.
+
+        level is the number of free sectors that must remain before opening one:
+        DATA keeps the whole reserve, META (ACK, TAIL) keeps one sector so a
+        reclaim can always run, RELOC (inside a reclaim) may take the last.
+        """
         if not self._sealed and self.e - self._off >= nbytes:
             return self.e - self._off
-        want = 1 if relocating else 1 + self.reserve
+        want = self.reserve + 1 if level == DATA else level
         rounds = 0
         while self.free_sectors() < want:
-            if relocating or rounds >= self.n or not reclaim_one(self):
+            if level == RELOC or rounds >= self.n or not reclaim_one(self):
                 raise SpoolFull("no free sector (%d free, %d reserved)" % (self.free_sectors(), self.reserve))
             rounds += 1
         self._open_sector()
@@ -224,6 +233,9 @@ class Spool:
     def _open_sector(self):
         if self._wfill:
             self._program(self._wfill)
+        if self._dirty:   # what was written (copies above all) is durable before a sector is reused
+            self.dev.ioctl(3, 0)
+            self._dirty = False
         pos = (self.head_pos + 1) % self.n
         seq = (self.head_seq + 1) & fmt.MASK32
         if self.dev.needs_erase:
@@ -281,8 +293,12 @@ class Spool:
         self._wfill = 0
 
     def _sync(self):
+        if self._tail_due is not None:
+            self._need(fmt.REC_HDR, META)
+            self._append(fmt.TAIL, 0, 0, self._tail_due, b"")
+            self._tail_written, self._tail_due = self._tail_due, None
         if self._acks:
-            self._write_acks()
+            self._write_acks(META)
         if self._wfill:
             if not self._sealed:
                 gap = fmt.pad_length(self._off, self.unit)
@@ -296,17 +312,23 @@ class Spool:
             self.dev.ioctl(3, 0)
             self._dirty = False
         for w in self._pending:
-            self._msgs[w.id] = [w.offs, w.env_len, w.size, 0, w.media]
+            self._msgs[w.id] = [w.offs, w.env_len, w.size, 0, w.media, None]
         self._pending = []
+        if self.tail_seq != self._tail_written:
+            self._tail_due = self.tail_seq   # copies are durable now: the next sync records the tail
 
-    def _write_acks(self):
+    def _write_acks(self, level):
         entries, self._acks = self._acks, []
         per = max(1, (self.e - fmt.SECTOR_HDR - fmt.REC_HDR) // fmt.ACK_ENTRY)
         i = 0
         while i < len(entries):
-            room = self._need(fmt.REC_HDR + fmt.ACK_ENTRY, True)
+            room = self._need(fmt.REC_HDR + fmt.ACK_ENTRY, level)
             k = min(per, len(entries) - i, (room - fmt.REC_HDR) // fmt.ACK_ENTRY)
             self._append(fmt.ACK, 0, 0, k, fmt.encode_ack(entries[i:i + k]))
+            for j in range(i, i + k):
+                m = self._msgs.get(entries[j][0])
+                if m is not None:
+                    m[5] = self.head_seq
             i += k
 
     # --- delivery -----------------------------------------------------------

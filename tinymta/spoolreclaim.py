@@ -1,10 +1,14 @@
 """Reclaiming the spool's tail sector: copy its live fragments forward, then move the tail.
 
-Order matters for power loss (SPOOL.md, "Reclaim"): the copies and any ACK
-state that lived in the tail sector are synced first; only then is a TAIL
-record committed, and the sector is erased much later, when the head comes
-round to it.  A cut before the TAIL leaves duplicates that mount merges by
-(message id, fragment index); a cut after it leaves only the copies.
+Order matters for power loss (SPOOL.md, "Reclaim"): the copies, and the ACK
+state that lived in the tail sector, are appended; the tail moves in RAM only.
+The new tail reaches the medium in the next sector header and in a TAIL record
+appended after the next sync, and the old sector is erased only when the head
+comes round to it, after a sync.  So the tail mark can never become durable
+before the copies, and a cut at any point leaves either both the originals and
+the copies (merged by message id and fragment index at mount) or the copies.
+A reclaim never needs more than one free sector: what it writes is at most
+what the sector held.
 
 This module must not know SMTP or queue policy; it works on a mounted Spool's
 private state and is split out only to keep spool.py small.
@@ -45,23 +49,23 @@ def reclaim_one(sp):
             if length:
                 at = off + fmt.REC_HDR
                 sp.dev.readblocks(at // e, mv, at % e)
-            sp._need(fmt.REC_HDR + length, True)
+            sp._need(fmt.REC_HDR + length, 1)  # RELOC
             offs[i] = sp._append(r[0], r[1] | fmt.RELOCATED, r[5], r[6], mv, r[7])
             moved += 1
-    # ACK records for partly delivered messages may live in this sector: state them again.
+    # ACK records for partly delivered messages that live in this sector: state them again.
+    tail_seq = sp.tail_seq
     for msg_id in sp._msgs:
-        done = sp._msgs[msg_id][3]
-        word = 0
-        while done >> (32 * word):
-            mask = (done >> (32 * word)) & fmt.MASK32
-            if mask:
-                sp._acks.append((msg_id, 32 * word, mask))
-            word += 1
-    sp._sync()
-    new_tail = (sp.tail_seq + 1) & fmt.MASK32
-    sp._need(fmt.REC_HDR, True)
-    sp._append(fmt.TAIL, 0, 0, new_tail, b"")
-    sp._sync()
-    sp.tail_seq = new_tail
+        m = sp._msgs[msg_id]
+        if m[5] is not None and not fmt.seq_after(m[5], tail_seq):
+            done = m[3]
+            word = 0
+            while done >> (32 * word):
+                mask = (done >> (32 * word)) & fmt.MASK32
+                if mask:
+                    sp._acks.append((msg_id, 32 * word, mask))
+                word += 1
+    if sp._acks:
+        sp._write_acks(1)  # RELOC
+    sp.tail_seq = (tail_seq + 1) & fmt.MASK32
     log.debug("reclaimed sector %d: %d fragments moved", tail_pos, moved)
     return True

@@ -35,7 +35,7 @@ class Scan:
         self.tail_seq = 0
         self.epoch = 0
         self.erase_counts = [0] * nsectors
-        self.messages = {}      # msg_id -> [array of record offsets, env_len, size, done mask]
+        self.messages = {}      # msg_id -> [record offsets, env_len, size, done mask, seq of last ACK]
         self.records = 0
         self.torn = 0           # records cut short by an interrupted write
         self.incomplete = 0     # fragment chains without their end: never committed
@@ -73,7 +73,8 @@ def _blank(dev, nsectors, sector_size, unit):
     """True when the device is erased, but for an interrupted format's first program unit."""
     buf = bytearray(min(sector_size, 4096))
     ff = b"\xff" * len(buf)
-    skip = max(unit, fmt.SECTOR_HDR)
+    gap = fmt.pad_length(fmt.SECTOR_HDR, unit)
+    skip = -(-(fmt.SECTOR_HDR + gap) // unit) * unit   # the format's one program
     for blk in range(nsectors):
         off = 0
         while off < sector_size:
@@ -145,7 +146,7 @@ def scan(dev, unit_hint=256):
     while True:
         pos = scan.pos_of(s)
         h = headers[pos]
-        if h is None or h.seq != s:
+        if (h is None or h.seq != s) and s != tail:  # the oldest may be mid-erase: normal
             scan.damage.append("sector %d (seq %d) of the live window has no valid header" % (pos, s))
         else:
             tail = _walk(dev, scan, pos, h, found, dead, partial, tail)
@@ -188,7 +189,8 @@ def _walk(dev, scan, pos, h, found, dead, partial, tail):
                     found.pop(mid, None)
                     partial.pop(mid, None)
                 elif mid not in dead:
-                    partial[mid] = partial.get(mid, 0) | (mask << b)
+                    old = partial.get(mid)
+                    partial[mid] = ((old[0] if old else 0) | (mask << b), h.seq)
         elif rtype == fmt.TAIL:
             if fmt.seq_after(aux, tail) and not fmt.seq_after(aux, scan.head_seq):
                 tail = aux
@@ -239,4 +241,5 @@ def _finish(dev, scan, found, partial):
             scan.corrupt += 1
             scan.damage.append("message %s: payload CRC mismatch, not delivered" % fmt.format_id(msg_id))
             continue
-        scan.messages[msg_id] = [offs, env_len, total - env_len, partial.get(msg_id, 0)]
+        p = partial.get(msg_id)
+        scan.messages[msg_id] = [offs, env_len, total - env_len, p[0] if p else 0, p[1] if p else None]

@@ -1,0 +1,553 @@
+"""tinymta configuration: every key with its default, loading, validation, CIDR matching.
+
+Holds the schema (DESIGN.md's table plus the keys the server needs), `load()` for `.toml`
+(CPython: tomllib or tomli) and `.json` (every runtime; boards use JSON compiled from the same
+TOML by `tinymta build-config`), `from_dict()`, `to_json_dict()`, the `Config` object
+(`cfg.server.listen`), and the address helpers that apply it: `parse_hostport`, `parse_ip`,
+`parse_cidr`, `in_networks`, `ip_allowed` (by hand: MicroPython has no `ipaddress`).
+
+It must not know SMTP, sockets, the spool format or the console, and never reads the files that
+keys name (password_file, tls_cert, ...): their users check them. Every error is one line naming
+the file and the key: `bad.toml: server.max_connections: must be an integer >= 1, got "eight"`.
+
+Value forms
+- sizes (server.max_message_size, spool.size, spool.sector_size, spool.prog_unit): integer bytes
+  or "<n><unit>" with K, M, G, KiB, MiB, GiB (powers of 1024, any case): "64K", "4M", "1MiB".
+  "MB" is refused as ambiguous.
+- durations (server.timeout, relay.retry_min, retry_max, max_age): integer seconds, or "30s",
+  "5m", "1h", "5d".
+- addresses (server.listen, relay.smarthost, relay.dns_servers): "host:port" or "[v6]:port",
+  parsed to (host, port) tuples, IPv6 without brackets. The port may be left out: listen 25,
+  dns_servers 53, smarthost 465 when relay.tls is "implicit", else 587. DNS servers are IPs.
+- networks (server.relay_networks): "a.b.c.d/n", "v6/n" or a bare address (/32, /128). Host
+  bits set past the prefix is an error (typo guard). An IPv4 address and its mapped form
+  ::ffff:a.b.c.d are the same address for matching, both ways.
+- optional strings: "" (or JSON null) means unset and reads as None. console.socket "" disables
+  the control socket. Booleans are true/false only; integers refuse booleans and floats.
+
+Rules across keys
+- relay.tls defaults to "opportunistic" for relay.mode "mx", "starttls" for "smarthost".
+  "implicit" needs "smarthost" (MX hosts take STARTTLS on port 25); "starttls" with "mx" makes
+  TLS mandatory to every MX host.
+- relay.smarthost is required with "smarthost" and refused with "mx" (it would be silently
+  ignored), as are relay.username and relay.password_file, which go together and need relay.tls
+  "starttls" or "implicit" (no password in clear).
+- server.tls_cert and server.tls_key go together (STARTTLS is offered when both are set);
+  server.auth_users_file needs them unless server.auth_without_tls = true.
+- relay.retry_min <= relay.retry_max. spool.prog_unit is a power of two, spool.sector_size a
+  multiple of it, spool.size a multiple of sector_size of at least 4 sectors, and
+  server.max_message_size fits in spool.size minus the spool's 2-sector reserve.
+"""
+import json
+
+from tinymta.compat import MICROPYTHON
+
+SECTIONS = ("server", "spool", "relay", "console", "log")
+TLS_MODES = ("none", "opportunistic", "starttls", "implicit")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_MIB = 1 << 20
+_HOSTCHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._"
+_HEX = "0123456789abcdefABCDEF"
+_SIZE_UNITS = (("kib", 1024), ("mib", _MIB), ("gib", 1 << 30), ("k", 1024), ("m", _MIB), ("g", 1 << 30))
+_TIME_UNITS = (("s", 1), ("m", 60), ("h", 3600), ("d", 86400))
+
+
+class ConfigError(Exception):
+    """A configuration problem; str(e) is one line: 'file: section.key: what is wrong'."""
+
+
+def _show(v):
+    if v is None or v is True or v is False:
+        return {None: "null", True: "true", False: "false"}[v]
+    if isinstance(v, str):
+        return '"%s"' % (v if len(v) <= 60 else v[:57] + "...")
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return "a " + {list: "list", dict: "table"}.get(type(v), type(v).__name__)
+
+
+# ---- addresses ---------------------------------------------------------------------------------
+
+def _parse_v4(s):
+    parts = s.split(".")
+    if len(parts) != 4:
+        return None
+    n = 0
+    for p in parts:
+        if not p.isdigit() or len(p) > 3 or (len(p) > 1 and p[0] == "0") or int(p) > 255:
+            return None
+        n = (n << 8) | int(p)
+    return n
+
+
+def _parse_v6(s):
+    if s.count("::") > 1:
+        return None
+    rest = None
+    if "::" in s:
+        head, tail = s.split("::", 1)
+        groups, rest = (head.split(":") if head else []), (tail.split(":") if tail else [])
+    else:
+        groups = s.split(":")
+    last = groups if rest is None else rest
+    if last and "." in last[-1]:  # embedded IPv4 as the last 32 bits
+        v4 = _parse_v4(last[-1])
+        if v4 is None:
+            return None
+        last[-1:] = ["%x" % (v4 >> 16), "%x" % (v4 & 0xffff)]
+    total = len(groups) + len(rest or [])
+    if total > (8 if rest is None else 7) or (rest is None and total < 8):
+        return None
+    n = 0
+    for g in groups + ["0"] * (8 - total) + (rest or []):
+        if not g or len(g) > 4 or [c for c in g if c not in _HEX]:
+            return None
+        n = (n << 16) | int(g, 16)
+    return n
+
+
+def parse_ip(s):
+    """'1.2.3.4' -> (32, int); an IPv6 address -> (128, int); anything else -> None."""
+    if not isinstance(s, str):
+        return None
+    n = _parse_v6(s) if ":" in s else _parse_v4(s)
+    return None if n is None else ((128 if ":" in s else 32), n)
+
+
+def format_ip(bits, n):
+    """Text of a parse_ip() address (IPv6 uncompressed)."""
+    if bits == 32:
+        return "%d.%d.%d.%d" % ((n >> 24) & 255, (n >> 16) & 255, (n >> 8) & 255, n & 255)
+    return ":".join(["%x" % ((n >> (112 - 16 * i)) & 0xffff) for i in range(8)])
+
+
+def parse_hostport(text, default_port=None):
+    """'host:port' or '[v6]:port' -> (host, port), or ValueError saying what is wrong.
+
+    The port may be left out when default_port is given. Host names come back lowercased.
+    """
+    s = text.strip()
+    if s.startswith("["):
+        end = s.find("]")
+        host, rest = s[1:end].lower(), s[end + 1:]
+        if end < 0 or _parse_v6(host) is None:
+            raise ValueError("bad IPv6 address in brackets")
+    elif s.count(":") > 1:
+        raise ValueError('IPv6 addresses need brackets, as "[::1]:25"')
+    else:
+        host, sep, port = s.partition(":")
+        host, rest = host.lower(), sep + port
+        if not host or [c for c in host if c not in _HOSTCHARS]:
+            raise ValueError("bad host (expected host:port, or [v6]:port)")
+        if host.replace(".", "").isdigit() and _parse_v4(host) is None:
+            raise ValueError("bad IPv4 address")
+    if not rest and default_port is not None:
+        return (host, default_port)
+    if rest[:1] != ":" or not rest[1:].isdigit() or len(rest) > 6 or not 1 <= int(rest[1:]) <= 65535:
+        raise ValueError("port must be a number 1-65535" if rest else "missing port (expected host:port)")
+    return (host, int(rest[1:]))
+
+
+def format_hostport(hp):
+    return ("[%s]:%d" if ":" in hp[0] else "%s:%d") % hp
+
+
+def parse_cidr(text):
+    """'net/len' or a bare address -> (bits, net, mask, text), or ValueError saying what is wrong."""
+    s = text.strip()
+    addr, sep, plen = s.partition("/")
+    ip = parse_ip(addr)
+    if ip is None:
+        raise ValueError("not an IPv4 or IPv6 network")
+    bits, n = ip
+    if sep and (not plen.isdigit() or len(plen) > 3 or int(plen) > bits):
+        raise ValueError("prefix length must be 0-%d" % bits)
+    prefix = int(plen) if sep else bits
+    hostmask = (1 << (bits - prefix)) - 1
+    if n & hostmask:
+        raise ValueError('host bits set (did you mean "%s/%d"?)' % (format_ip(bits, n - (n & hostmask)), prefix))
+    return (bits, n, ((1 << bits) - 1) - hostmask, s)
+
+
+def _addr_forms(ip):
+    # -> (IPv4 int or None, IPv6 int): an IPv4 address and ::ffff:a.b.c.d are the same address
+    if isinstance(ip, (bytes, bytearray)):
+        if len(ip) not in (4, 16):
+            return None
+        n = 0
+        for b in ip:
+            n = (n << 8) | b
+        bits = len(ip) * 8
+    else:
+        s = ip.strip() if isinstance(ip, str) else ""
+        if s.startswith("[") and s.endswith("]"):
+            s = s[1:-1]
+        r = parse_ip(s.split("%")[0])  # drop an IPv6 zone (fe80::1%eth0)
+        if r is None:
+            return None
+        bits, n = r
+    if bits == 32:
+        return (n, (0xffff << 32) | n)
+    return ((n & 0xffffffff) if (n >> 32) == 0xffff else None, n)
+
+
+def in_networks(networks, ip):
+    """True when ip (text, or packed 4/16 bytes) is in one of the parse_cidr() networks.
+
+    An address that does not parse is in no network.
+    """
+    forms = _addr_forms(ip)
+    if forms is None:
+        return False
+    v4, v6 = forms
+    for bits, net, mask, _ in networks:
+        if (v6 & mask == net) if bits == 128 else (v4 is not None and v4 & mask == net):
+            return True
+    return False
+
+
+def ip_allowed(cfg, ip):
+    """True when a client at ip may relay without AUTH (server.relay_networks)."""
+    return in_networks(cfg.server.relay_networks, ip)
+
+
+def domain_allowed(cfg, domain):
+    """True when server.relay_domains is empty or holds domain (case-insensitive, exact match)."""
+    doms = cfg.server.relay_domains
+    return not doms or domain.lower().rstrip(".") in doms
+
+
+# ---- values ------------------------------------------------------------------------------------
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)  # isinstance(True, int) is False on MP
+
+
+def _number(v, lo, units, what):
+    n = v if _is_int(v) else None
+    if isinstance(v, str):
+        s, mul = v.strip().lower(), 1
+        for suffix, m in units:
+            if s.endswith(suffix):
+                s, mul = s[:-len(suffix)].strip(), m
+                break
+        n = int(s) * mul if s.isdigit() else None
+    if n is None or n < lo:
+        raise ValueError(what % lo)
+    return n
+
+
+def _item(kind, s):
+    if kind == "listen":
+        return parse_hostport(s, 25)
+    if kind == "networks":
+        return parse_cidr(s)
+    if kind == "dns":
+        hp = parse_hostport(s, 53)
+        if parse_ip(hp[0]) is None:
+            raise ValueError("DNS servers must be IP addresses")
+        return hp
+    d = s.strip().lower().rstrip(".")  # domains
+    if not d or d[0] in ".-" or ".." in d or [c for c in d if c not in _HOSTCHARS]:
+        raise ValueError("bad domain")
+    return d
+
+
+def _convert(kind, v, arg):
+    """A value as read from the file -> its Config form, or ValueError saying what is wrong."""
+    if kind == "int":
+        if not _is_int(v) or v < arg:
+            raise ValueError("must be an integer >= %d" % arg)
+    elif kind == "port":
+        if not _is_int(v) or not 1 <= v <= 65535:
+            raise ValueError("must be a port number 1-65535")
+    elif kind == "size":
+        return _number(v, arg, _SIZE_UNITS, 'must be a size >= %d bytes: an integer or "64K", "4M", "1MiB"...')
+    elif kind == "duration":
+        return _number(v, arg, _TIME_UNITS, 'must be a duration >= %d s: integer seconds or "30s", "5m", "1h", "5d"')
+    elif kind == "bool":
+        if not isinstance(v, bool):
+            raise ValueError("must be true or false")
+    elif kind == "str":
+        if not isinstance(v, str) or not v:
+            raise ValueError("must be a non-empty string")
+    elif kind in ("opt", "smarthost"):
+        if v is not None and not isinstance(v, str):
+            raise ValueError('must be a string ("" for none)')
+        if kind == "smarthost" and v:
+            return parse_hostport(v, 0)  # port 0: chosen from relay.tls later
+        return v or None
+    elif kind == "enum":
+        if v is None and arg is TLS_MODES:
+            return None  # relay.tls: chosen from relay.mode later
+        if not isinstance(v, str) or v not in arg:
+            raise ValueError("must be one of " + ", ".join(['"%s"' % c for c in arg]))
+    elif kind == "hostname":
+        if not isinstance(v, str) or not v or ((v[0] != "[" or v[-1] != "]") and
+                                               [c for c in v if c not in _HOSTCHARS]):
+            raise ValueError("must be a host name (letters, digits, '-', '.') or an [address]")
+    else:  # lists of strings
+        if not isinstance(v, list) or len(v) < arg:
+            raise ValueError("must be a list of strings" + (" (at least one)" if arg else ""))
+        out = []
+        for s in v:
+            if not isinstance(s, str):
+                raise ValueError("entries must be strings, got %s" % _show(s))
+            try:
+                out.append(_item(kind, s))
+            except ValueError as e:
+                raise ValueError("%s, got %s" % (e, _show(s)))
+        return out
+    return v
+
+
+# (section, key, default as written in a file, kind, argument) in DESIGN.md's order
+SCHEMA = (
+    ("server", "listen", ["127.0.0.1:2525"], "listen", 1),
+    ("server", "hostname", None, "hostname", None),  # None: the system host name
+    ("server", "max_message_size", _MIB, "size", 1),
+    ("server", "max_recipients", 100, "int", 1),
+    ("server", "max_connections", 8, "int", 1),
+    ("server", "relay_networks", ["127.0.0.0/8", "::1/128"], "networks", 0),
+    ("server", "relay_domains", [], "domains", 0),
+    ("server", "bare_newlines", "reject", "enum", ("reject", "normalize")),
+    ("server", "timeout", 300, "duration", 1),
+    ("server", "tls_cert", None, "opt", None),
+    ("server", "tls_key", None, "opt", None),
+    ("server", "auth_users_file", None, "opt", None),
+    ("server", "auth_without_tls", False, "bool", None),
+    ("spool", "path", "tinymta.spool", "str", None),
+    ("spool", "size", 4 * _MIB, "size", 1),
+    ("spool", "sector_size", 65536, "size", 1),
+    ("spool", "prog_unit", 4096, "size", 1),
+    ("relay", "mode", "mx", "enum", ("mx", "smarthost")),
+    ("relay", "smarthost", None, "smarthost", None),
+    ("relay", "tls", None, "enum", TLS_MODES),  # None: chosen from relay.mode
+    ("relay", "username", None, "opt", None),
+    ("relay", "password_file", None, "opt", None),
+    ("relay", "ca_file", None, "opt", None),
+    ("relay", "dns_servers", [], "dns", 0),
+    ("relay", "mx_port", 25, "port", None),
+    ("relay", "retry_min", 300, "duration", 1),
+    ("relay", "retry_max", 3600, "duration", 1),
+    ("relay", "max_age", 432000, "duration", 1),
+    ("console", "serial", None, "opt", None),
+    ("console", "baud", 115200, "int", 1),
+    ("console", "socket", "tinymta.sock", "opt", None),
+    ("console", "password", None, "opt", None),
+    ("log", "level", "info", "enum", LOG_LEVELS),
+)
+KEYS = [s + "." + k for s, k, _, _, _ in SCHEMA]
+SECRET_KEYS = ("console.password",)
+
+
+class Section:
+    """One section's values as attributes (cfg.server.listen)."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __repr__(self):
+        return "<config section %s>" % self._name
+
+
+class Config:
+    """Every key of SCHEMA as cfg.<section>.<key>; `source` names where it came from."""
+
+    def __init__(self, source):
+        self.source = source
+        for name in SECTIONS:
+            setattr(self, name, Section(name))
+
+    def __eq__(self, other):
+        return isinstance(other, Config) and to_json_dict(self) == to_json_dict(other)
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __repr__(self):
+        return "<Config from %s>" % self.source
+
+
+def _system_hostname():
+    try:
+        import socket
+        name = socket.gethostname()  # AttributeError on MicroPython
+    except (ImportError, AttributeError, OSError):
+        name = ""
+    return name or "tinymta"
+
+
+def _suggest(word, candidates):
+    best, best_d = "", 2 if len(word) < 6 else 3  # accept distance 1 for short words, else 2
+    for c in candidates:  # edit distance, iterative
+        prev = list(range(len(c) + 1))
+        for i in range(len(word)):
+            cur = [i + 1]
+            for j in range(len(c)):
+                cur.append(min(prev[j + 1] + 1, cur[j] + 1, prev[j] + (0 if word[i] == c[j] else 1)))
+            prev = cur
+        if prev[-1] < best_d:
+            best, best_d = c, prev[-1]
+    if not best and "." in word:  # right key, wrong section
+        best = ([k for k in candidates if k.split(".")[1] == word.split(".", 1)[1]] or [""])[0]
+    return " (did you mean %s?)" % best if best else ""
+
+
+def from_dict(d, source="<dict>"):
+    """Validate a {section: {key: value}} dict (parsed TOML or JSON) into a Config."""
+    if not isinstance(d, dict):
+        raise ConfigError("%s: must hold a table of sections, got %s" % (source, _show(d)))
+    for name in sorted(d):
+        if name not in SECTIONS:
+            raise ConfigError("%s: %s: unknown section%s" % (source, name, _suggest(name, SECTIONS)))
+        if not isinstance(d[name], dict):
+            raise ConfigError("%s: %s: must be a table of keys, got %s" % (source, name, _show(d[name])))
+        for key in sorted(d[name]):
+            if name + "." + key not in KEYS:
+                full = name + "." + key
+                raise ConfigError("%s: %s: unknown key%s" % (source, full, _suggest(full, KEYS)))
+    cfg = Config(source)
+    for name, key, default, kind, arg in SCHEMA:
+        sec = d.get(name) or {}
+        if key in sec:
+            try:
+                v = _convert(kind, sec[key], arg)
+            except ValueError as e:
+                msg = str(e)
+                if ", got " not in msg:
+                    msg += ", got " + _show(sec[key])
+                raise ConfigError("%s: %s.%s: %s" % (source, name, key, msg))
+        else:
+            v = _system_hostname() if kind == "hostname" else _convert(kind, default, arg)
+        setattr(getattr(cfg, name), key, v)
+    _check_across(cfg, source)
+    return cfg
+
+
+def _check_across(cfg, source):
+    def fail(key, msg):
+        raise ConfigError("%s: %s: %s" % (source, key, msg))
+
+    s, sp, r = cfg.server, cfg.spool, cfg.relay
+    if r.tls is None:
+        r.tls = "starttls" if r.mode == "smarthost" else "opportunistic"
+    if r.mode == "smarthost":
+        if r.smarthost is None:
+            fail("relay.smarthost", 'required when relay.mode is "smarthost"')
+        if r.smarthost[1] == 0:
+            r.smarthost = (r.smarthost[0], 465 if r.tls == "implicit" else 587)
+    else:
+        for key in ("smarthost", "username", "password_file"):
+            if getattr(r, key) is not None:
+                fail("relay." + key, 'only used when relay.mode is "smarthost" (it is "mx")')
+        if r.tls == "implicit":
+            fail("relay.tls", '"implicit" needs relay.mode "smarthost": MX hosts take STARTTLS on port 25'
+                 ' ("starttls" makes it mandatory)')
+    if r.username is not None and r.password_file is None:
+        fail("relay.password_file", "required when relay.username is set")
+    if r.password_file is not None and r.username is None:
+        fail("relay.username", "required when relay.password_file is set")
+    if r.username is not None and r.tls not in ("starttls", "implicit"):
+        fail("relay.tls", 'must be "starttls" or "implicit" when relay.username is set (no password in'
+             ' clear), got "%s"' % r.tls)
+    if r.retry_max < r.retry_min:
+        fail("relay.retry_max", "must be >= relay.retry_min (%d), got %d" % (r.retry_min, r.retry_max))
+    if (s.tls_cert is None) != (s.tls_key is None):
+        fail("server.tls_key" if s.tls_key is None else "server.tls_cert",
+             "server.tls_cert and server.tls_key must be set together")
+    if s.auth_users_file is not None and s.tls_cert is None and not s.auth_without_tls:
+        fail("server.auth_users_file", "AUTH is only offered over TLS: set server.tls_cert and"
+             " server.tls_key, or server.auth_without_tls = true")
+    pu, ss, size = sp.prog_unit, sp.sector_size, sp.size
+    if pu & (pu - 1):
+        fail("spool.prog_unit", "must be a power of two, got %d" % pu)
+    if ss % pu:
+        fail("spool.sector_size", "must be a multiple of spool.prog_unit (%d), got %d" % (pu, ss))
+    if size % ss or size < 4 * ss:
+        fail("spool.size", "must be a multiple of spool.sector_size (%d) and at least 4 sectors, got %d"
+             % (ss, size))
+    if s.max_message_size > size - 2 * ss:
+        fail("server.max_message_size", "must fit in the spool: at most spool.size minus 2 sectors (%d),"
+             " got %d" % (size - 2 * ss, s.max_message_size))
+
+
+def to_json_dict(cfg, redact=False):
+    """Every key as a plain {section: {key: value}} dict that from_dict() reads back equal.
+
+    Unset optional strings are "". With redact, set secrets (console.password) read "***".
+    """
+    out = {}
+    for name, key, _, kind, _ in SCHEMA:
+        v = getattr(getattr(cfg, name), key)
+        if kind in ("listen", "dns"):
+            v = [format_hostport(hp) for hp in v]
+        elif kind == "smarthost":
+            v = format_hostport(v) if v else ""
+        elif kind == "networks":
+            v = [n[3] for n in v]
+        elif isinstance(v, list):
+            v = list(v)
+        elif v is None:
+            v = ""
+        if redact and v and name + "." + key in SECRET_KEYS:
+            v = "***"
+        out.setdefault(name, {})[key] = v
+    return out
+
+
+def _toml_module():
+    for name in ("tomllib", "tomli"):
+        try:
+            return __import__(name)
+        except ImportError:
+            pass
+    return None
+
+
+def _one_line(e):
+    return " ".join(str(e).split())
+
+
+_OS_ERRORS = {2: "no such file", 13: "permission denied", 20: "not a directory", 21: "is a directory"}
+
+
+def load(path=None):
+    """Load and validate a .toml or .json config file; None gives the defaults."""
+    if path is None:
+        return from_dict({}, "<defaults>")
+    toml = path.lower().endswith(".toml")
+    if not toml and not path.lower().endswith(".json"):
+        raise ConfigError("%s: unknown config format: the name must end in .toml or .json" % path)
+    try:
+        f = open(path, "rb")
+        try:
+            data = f.read()
+        finally:
+            f.close()
+    except OSError as e:
+        raise ConfigError("%s: cannot read: %s" % (path, _OS_ERRORS.get(getattr(e, "errno", None)) or _one_line(e)))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeError:
+        raise ConfigError("%s: not valid UTF-8" % path)
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if toml:
+        mod = _toml_module()
+        if mod is None and MICROPYTHON:
+            raise ConfigError("%s: MicroPython cannot read TOML: compile it to JSON on a host with"
+                              " `tinymta build-config` and load the .json file" % path)
+        if mod is None:
+            raise ConfigError("%s: reading TOML needs Python 3.11+ or the tomli package (pip install"
+                              " tomli), or compile it to JSON with `tinymta build-config`" % path)
+        try:
+            d = mod.loads(text)
+        except ValueError as e:  # tomllib.TOMLDecodeError is a ValueError
+            raise ConfigError("%s: %s" % (path, _one_line(e)))
+    else:
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise ConfigError("%s: bad JSON: %s" % (path, _one_line(e)))
+    return from_dict(d, path)
