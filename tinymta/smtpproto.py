@@ -1,9 +1,10 @@
-"""SMTP grammar helpers shared by the server session: reply texts, paths, ESMTP parameters, SASL base64.
+"""SMTP grammar for the server session: reply texts, paths, ESMTP parameters, SASL base64, and
+DataReader, the DATA content reader (framing, transparency, bare CR/LF, limits).
 
-Everything here is a pure function over ``bytes`` (RFC 5321 §4.1.2 grammar, RFC 1870/6152/4954
-parameters, RFC 4648 base64).  It holds no state and knows nothing of sockets, clocks, files,
-the spool or relay policy; it is MicroPython-clean (no ``re``, no recursion, no keyword arguments
-to builtin methods, no ``int in bytearray``: byte classes are 256-entry lookup tables).
+Pure functions over ``bytes`` (RFC 5321 §4.1.2 grammar, RFC 1870/6152/4954 parameters, RFC 4648
+base64) plus one sans-IO class.  Nothing here knows sockets, clocks, files, the spool, relay policy
+or the session's command state.  MicroPython-clean: no ``re``, no recursion, no keyword arguments to
+builtin methods, no ``int in bytearray`` (byte classes are 256-entry lookup tables).
 """
 import binascii
 
@@ -57,13 +58,9 @@ R_BARE_CMD = b"500 5.5.2 Error: bare CR or LF in command line"
 R_TOO_LONG = b"500 5.5.6 Error: line too long"
 R_NOT_IMPL = b"502 5.5.1 Error: command not implemented"
 R_SYNTAX = b"501 5.5.4 Syntax error in parameters"
-R_NO_ARGS = b"501 5.5.4 Syntax error: no parameters allowed"
-R_EHLO_SYNTAX = b"501 5.5.4 Syntax: EHLO hostname"
-R_HELO_SYNTAX = b"501 5.5.4 Syntax: HELO hostname"
+R_HELO_SYNTAX = b"501 5.5.4 Syntax: EHLO/HELO hostname"
 R_MAIL_SYNTAX = b"501 5.5.4 Syntax: MAIL FROM:<address>"
 R_RCPT_SYNTAX = b"501 5.5.4 Syntax: RCPT TO:<address>"
-R_VRFY_SYNTAX = b"501 5.5.4 Syntax: VRFY address"
-R_AUTH_SYNTAX = b"501 5.5.4 Syntax: AUTH mechanism [initial-response]"
 R_BAD_SENDER = b"501 5.1.7 Bad sender address syntax"
 R_BAD_RCPT = b"501 5.1.3 Bad recipient address syntax"
 R_PATH_LONG = b"501 5.5.4 Path too long"
@@ -92,12 +89,20 @@ _ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _HEX = _table(b"0123456789abcdefABCDEF")
 _DIGIT = _table(b"0123456789")
 _LDH = _table(_ALNUM + b"-")
-_KEYWORD = _LDH
 _ATEXT = _table(_ALNUM + b"!#$%&'*+-/=?^_`{|}~")
 _B64 = _table(_ALNUM + b"+/")
+_PRINT = _table(bytes(range(32, 127)))
 _QTEXT = _table(bytes(c for c in range(32, 127) if c != 34 and c != 92))   # qtextSMTP
 _VALUE = _table(bytes(c for c in range(33, 127) if c != 61))               # esmtp-value
 _CTL = _table(bytes(c for c in range(0, 32) if c != 9) + b"\x7f")           # controls but TAB
+
+
+def _all(s, table):
+    """True if ``s`` is non-empty and every octet is in ``table``."""
+    for c in s:
+        if not table[c]:
+            return False
+    return len(s) > 0
 
 
 def reply(text):
@@ -107,32 +112,20 @@ def reply(text):
 
 def multiline(code, lines):
     """``code`` (b"250") and a list of texts -> ``250-a\\r\\n250-b\\r\\n250 c\\r\\n``."""
-    out = []
     last = len(lines) - 1
-    for i in range(len(lines)):
-        out.append(code + (b" " if i == last else b"-") + lines[i] + CRLF)
-    return b"".join(out)
+    return b"".join(code + (b"-" if i < last else b" ") + lines[i] + CRLF for i in range(len(lines)))
 
 
 def check_reply(text, allowed):
-    """Validate a caller-supplied reply; return it without CRLF or raise ValueError.
-
-    ``allowed`` lists acceptable first digits (b"45" for refusals).  One line, three digits,
-    at most 510 octets, no CR/LF/NUL inside: a caller cannot corrupt the reply stream.
-    """
-    if isinstance(text, str):
-        text = text.encode()
-    text = bytes(text)
+    """Validate a caller-supplied reply (str or bytes, CRLF optional) and return it without CRLF;
+    ValueError unless it is one line of <= 510 octets, ``ddd`` or ``ddd text``, first digit in
+    ``allowed`` (b"45" for refusals), no control characters: a caller cannot corrupt the stream."""
+    text = bytes(text.encode() if isinstance(text, str) else text)
     if text.endswith(CRLF):
         text = text[:-2]
-    if len(text) < 3 or len(text) > 510 or allowed.find(text[:1]) < 0:
+    if len(text) > 510 or allowed.find(text[:1]) < 0 or not _all(text[:3], _DIGIT) or \
+            len(text) < 3 or (len(text) > 3 and text[3:4] != b" ") or has_ctl(text):
         raise ValueError("bad SMTP reply %r" % (text,))
-    if not (_DIGIT[text[0]] and _DIGIT[text[1]] and _DIGIT[text[2]]) or \
-            (len(text) > 3 and text[3:4] != b" "):
-        raise ValueError("bad SMTP reply %r" % (text,))
-    for c in text:
-        if _CTL[c]:
-            raise ValueError("control character in SMTP reply")
     return text
 
 
@@ -145,65 +138,43 @@ def has_ctl(line):
 
 
 def is_printable_ascii(s):
-    """Non-empty, only octets 33..126 and single spaces between words (EHLO/HELO argument)."""
-    if not s:
-        return False
-    for c in s:
-        if c < 32 or c > 126:
-            return False
-    return True
+    """Non-empty and only octets 32..126 (EHLO/HELO argument)."""
+    return _all(s, _PRINT)
+
+
+def is_digits(s, maxlen):
+    return len(s) <= maxlen and _all(s, _DIGIT)
 
 
 def _dot_string_ok(s):
     """Dot-string = Atom *("." Atom) (RFC 5321 §4.1.2)."""
-    if not s or s[0] == 46 or s[-1] == 46:
-        return False
-    prev_dot = False
-    for c in s:
-        if c == 46:
-            if prev_dot:
-                return False
-            prev_dot = True
-        elif _ATEXT[c]:
-            prev_dot = False
-        else:
+    for atom in s.split(b"."):
+        if not _all(atom, _ATEXT):
             return False
     return True
 
 
 def _domain_ok(d):
     """Domain = sub-domain *("." sub-domain); sub-domain = Let-dig [Ldh-str]."""
-    if not d or len(d) > DOMAIN_MAX:
-        return False
     for label in d.split(b"."):
-        if not label or len(label) > 63 or label[0] == 45 or label[-1] == 45:
+        if not _all(label, _LDH) or len(label) > 63 or label[0] == 45 or label[-1] == 45:
             return False
-        for c in label:
-            if not _LDH[c]:
-                return False
-    return True
+    return len(d) <= DOMAIN_MAX
 
 
 def _ipv4_ok(s):
     parts = s.split(b".")
-    if len(parts) != 4:
-        return False
     for p in parts:
-        if not p or len(p) > 3:
+        if not is_digits(p, 3) or int(p) > 255:
             return False
-        for c in p:
-            if not _DIGIT[c]:
-                return False
-        if int(p) > 255:
-            return False
-    return True
+    return len(parts) == 4
 
 
 def _ipv6_ok(s):
+    """IPv6-full, IPv6-comp, IPv6v4-full, IPv6v4-comp (RFC 5321 §4.1.3)."""
     if s.count(b"::") > 1:
         return False
-    ngroups = 8
-    if s.find(b".") >= 0:                     # IPv6v4-full / IPv6v4-comp
+    if s.find(b".") >= 0:                     # trailing IPv4: check it, count it as two groups
         i = s.rfind(b":")
         if i < 0 or not _ipv4_ok(s[i + 1:]):
             return False
@@ -215,14 +186,11 @@ def _ipv6_ok(s):
             return False
     else:
         groups = s.split(b":")
-        if len(groups) != ngroups:
+        if len(groups) != 8:
             return False
     for g in groups:
-        if not g or len(g) > 4:
+        if len(g) > 4 or not _all(g, _HEX):
             return False
-        for c in g:
-            if not _HEX[c]:
-                return False
     return True
 
 
@@ -231,9 +199,7 @@ def _literal_ok(lit):
     if len(lit) < 3 or lit[-1] != 93:
         return False
     inner = lit[1:-1]
-    if inner[:5].lower() == b"ipv6:":
-        return _ipv6_ok(inner[5:])
-    return _ipv4_ok(inner)
+    return _ipv6_ok(inner[5:]) if inner[:5].lower() == b"ipv6:" else _ipv4_ok(inner)
 
 
 def _quoted_ok(q):
@@ -348,17 +314,8 @@ def parse_params(rest):
     for word in rest.split():
         j = word.find(b"=")
         key, value = (word[:j], word[j + 1:]) if j >= 0 else (word, None)
-        if not key or not (_ALNUM.find(key[:1]) >= 0):
+        if not _all(key, _LDH) or key[0] == 45 or (value is not None and not _all(value, _VALUE)):
             return None, R_SYNTAX
-        for c in key:
-            if not _KEYWORD[c]:
-                return None, R_SYNTAX
-        if value is not None:
-            if not value:
-                return None, R_SYNTAX
-            for c in value:
-                if not _VALUE[c]:
-                    return None, R_SYNTAX
         key = key.upper()
         for k, _v in out:
             if k == key:
@@ -367,13 +324,19 @@ def parse_params(rest):
     return out, None
 
 
-def is_digits(s, maxlen):
-    if not s or len(s) > maxlen:
-        return False
-    for c in s:
-        if not _DIGIT[c]:
-            return False
-    return True
+def check_params(params, mail, max_size):
+    """Error reply text for unacceptable parameters, or None.  MAIL: SIZE (RFC 1870), BODY
+    (RFC 6152), AUTH (RFC 4954 §5, accepted and ignored); RCPT: none (no DSN offered)."""
+    for key, value in params:
+        if not mail or (key != b"SIZE" and key != b"BODY" and key != b"AUTH"):
+            return R_PARAM
+        if value is None or (key == b"SIZE" and not is_digits(value, 20)):
+            return R_SYNTAX
+        if key == b"SIZE" and max_size and int(value) > max_size:
+            return R_TOO_BIG
+        if key == b"BODY" and value.upper() != b"7BIT" and value.upper() != b"8BITMIME":
+            return R_SYNTAX
+    return None
 
 
 def b64decode(s):
@@ -381,14 +344,102 @@ def b64decode(s):
     Returns bytes, or None when the text is not valid base64."""
     if s == b"=":
         return b""
-    n = len(s)
-    if n == 0 or n % 4:
-        return None
     pad = 2 if s.endswith(b"==") else (1 if s.endswith(b"=") else 0)
-    for c in s[:n - pad]:
-        if not _B64[c]:
-            return None
+    if len(s) % 4 or not _all(s[:len(s) - pad], _B64):
+        return None
     try:
         return binascii.a2b_base64(s)
     except Exception:              # binascii.Error on CPython, ValueError on MicroPython
         return None
+
+
+WINDOW = 1024      # body octets examined per step: more than a legal 1000-octet text line
+CHUNK = 4096       # ("body", chunk) size; only the last chunk of a message is shorter
+
+
+class DataReader:
+    """DATA content after the 354 (RFC 5321 §4.1.1.4, §4.5.2; protocol.md §1.12), sans-IO.
+
+    ``step(buf, p)`` handles one line of ``buf`` from offset ``p`` (or a WINDOW piece of a longer
+    line) and returns the offset after it, or -1 when the next byte must be seen first.  A line ends
+    at CRLF, a bare LF or a bare CR; only CRLF is real.  DATA ends at the first raw CRLF.CRLF whose
+    first CRLF ends the DATA command or a line (SM1): nothing else, in either bare_newlines mode, so
+    no bare-CR/LF variant can end it early.  Decisions use whole lines or full windows, so any
+    split of the input yields the same events.  It appends ("body", chunk) and ("data_abort",)
+    to ``events``; after ``done``, ``refusal`` is None (all body chunks appended) or the reply.
+    ``size`` counts stored octets (unstuffed, CRLF lines), ``received`` the Received: fields of
+    the header section, ``header_bytes`` its length with the empty line (None if none).
+    """
+
+    def __init__(self, events, max_size, max_received, normalize):
+        self.events, self.max_size, self.max_received = events, max_size, max_received
+        self.normalize = normalize              # bare CR/LF -> CRLF; else the message is refused
+        self.done, self.refusal, self.header_bytes = False, None, None
+        self.size = self.received = self._linelen = 0
+        self._bol = self._prev_crlf = self._in_headers = True
+        self._out = bytearray()
+
+    def step(self, buf, p):
+        n = len(buf) - p
+        w = p + (WINDOW if n > WINDOW else n)
+        lf = buf.find(b"\n", p, w)
+        cr = buf.find(b"\r", p, lf if lf >= 0 else w)
+        if cr >= 0:
+            if cr + 1 >= len(buf):
+                return -1                       # CRLF or a bare CR?  wait for the next byte
+            real = buf[cr + 1] == 10
+            end, term = cr, (2 if real else 1)
+        elif lf >= 0:
+            end, term, real = lf, 1, False
+        elif n >= WINDOW:
+            end, term, real = w, 0, False
+        else:
+            return -1
+        content = bytes(buf[p:end])
+        if self._bol and term == 2 and self._prev_crlf and content == b".":
+            self.done = True
+            if self.refusal is None and self._out:
+                self.events.append(("body", bytes(self._out)))
+            self._out = bytearray()
+        else:
+            self._line(content, term, real)
+        return end + term
+
+    def _line(self, content, term, real):
+        if self._bol:
+            self._linelen = 0
+            if content[:1] == b".":
+                content = content[1:]           # transparency: drop the stuffed dot
+            if self._in_headers:
+                if term and not content:
+                    self._in_headers = False
+                    self.header_bytes = self.size + 2
+                elif content[:9].lower() == b"received:":
+                    self.received += 1
+                    if self.received > self.max_received:
+                        self._refuse(R_HOPS)
+        self._linelen += len(content)
+        if self._linelen > TEXT_LINE_MAX:
+            self._refuse(R_LONG_LINE)
+        if term and not real and not self.normalize:
+            self._refuse(R_BARE_DATA)
+        self._bol = term != 0
+        if term:
+            self._prev_crlf = real
+            content += CRLF
+        if self.refusal is not None:
+            return
+        self.size += len(content)
+        if self.max_size and self.size > self.max_size:
+            return self._refuse(R_TOO_BIG)
+        out = self._out
+        out += content
+        while len(out) >= CHUNK:
+            self.events.append(("body", bytes(out[:CHUNK])))
+            out[:CHUNK] = b""
+
+    def _refuse(self, text):
+        if self.refusal is None:
+            self.refusal = text
+            self._out = bytearray()
+            self.events.append(("data_abort",))

@@ -177,6 +177,8 @@ class Spool:
         self._pending = []
         self._acks = []
         self._sealed = True      # the head found at mount is never appended to again
+        self._copies_only = False
+        self._copies_unsynced = False   # a reclaim copied records that are not yet synced
         self._off = self.e
         self._stamp = 0
         self._rec_seq = 0
@@ -219,7 +221,7 @@ class Spool:
         DATA keeps the whole reserve, META (ACK, TAIL) keeps one sector so a
         reclaim can always run, RELOC (inside a reclaim) may take the last.
         """
-        if not self._sealed and self.e - self._off >= nbytes:
+        if not self._sealed and self.e - self._off >= nbytes and (level == RELOC or not self._copies_only):
             return self.e - self._off
         want = self.reserve + 1 if level == DATA else level
         rounds = 0
@@ -233,9 +235,12 @@ class Spool:
     def _open_sector(self):
         if self._wfill:
             self._program(self._wfill)
-        if self._dirty:   # what was written (copies above all) is durable before a sector is reused
+        if self._dirty and self._copies_unsynced:   # copies are durable before their sector is reused
             self.dev.ioctl(3, 0)
-            self._dirty = False
+            self._dirty = self._copies_unsynced = False
+        # A sector opened with one free sector left makes the window span the whole device.
+        # It takes relocation copies only, so that mount may ignore it (SPOOL.md, "Full window").
+        self._copies_only = self.free_sectors() <= 1
         pos = (self.head_pos + 1) % self.n
         seq = (self.head_seq + 1) & fmt.MASK32
         if self.dev.needs_erase:
@@ -310,7 +315,7 @@ class Spool:
                 self._program(self._wfill)
         if self._dirty:
             self.dev.ioctl(3, 0)
-            self._dirty = False
+            self._dirty = self._copies_unsynced = False
         for w in self._pending:
             self._msgs[w.id] = [w.offs, w.env_len, w.size, 0, w.media, None]
         self._pending = []

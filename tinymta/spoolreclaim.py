@@ -67,5 +67,6 @@ def reclaim_one(sp):
     if sp._acks:
         sp._write_acks(1)  # RELOC
     sp.tail_seq = (tail_seq + 1) & fmt.MASK32
+    sp._copies_unsynced = True
     log.debug("reclaimed sector %d: %d fragments moved", tail_pos, moved)
     return True

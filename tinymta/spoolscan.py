@@ -41,6 +41,7 @@ class Scan:
         self.incomplete = 0     # fragment chains without their end: never committed
         self.corrupt = 0        # complete messages whose payload CRC failed
         self.damage = []        # human-readable notes
+        self.originals = 0      # records in the head sector other than relocation copies
 
     def seq_of(self, pos):
         return (self.head_seq - ((self.head_pos - pos) % self.nsectors)) & fmt.MASK32
@@ -89,11 +90,13 @@ def _blank(dev, nsectors, sector_size, unit):
     return True
 
 
-def _find_head(dev, scan, hbuf):
+def _find_head(dev, scan, hbuf, ignore):
     n, e = scan.nsectors, scan.sector_size
     headers = [None] * n
     head = None
     for pos in range(n):
+        if pos == ignore:
+            continue
         dev.readblocks(pos, hbuf, 0)
         h = fmt.parse_sector_header(hbuf)
         if h is None:
@@ -110,12 +113,12 @@ def _find_head(dev, scan, hbuf):
     return headers, head
 
 
-def scan(dev, unit_hint=256):
+def scan(dev, unit_hint=256, ignore=None):
     n = dev.ioctl(4, 0)
     e = dev.ioctl(5, 0) or 512
     scan = Scan(n, e)
     hbuf = bytearray(fmt.SECTOR_HDR)
-    headers, head = _find_head(dev, scan, hbuf)
+    headers, head = _find_head(dev, scan, hbuf, ignore)
     if head is None:
         if _blank(dev, n, e, unit_hint):
             scan.blank = True
@@ -139,6 +142,13 @@ def scan(dev, unit_hint=256):
     if fmt.seq_diff(hh.seq, tail) >= n:
         scan.damage.append("live window longer than the spool; oldest sectors ignored")
         tail = (hh.seq - n + 1) & fmt.MASK32
+    # Leading sectors of the window without a valid header hold nothing readable (an erase for
+    # reuse began there): the tail moves past them.
+    while tail != hh.seq:
+        h = headers[scan.pos_of(tail)]
+        if h is not None and h.seq == tail:
+            break
+        tail = (tail + 1) & fmt.MASK32
     found = {}
     dead = {}
     partial = {}
@@ -146,14 +156,19 @@ def scan(dev, unit_hint=256):
     while True:
         pos = scan.pos_of(s)
         h = headers[pos]
-        if (h is None or h.seq != s) and s != tail:  # the oldest may be mid-erase: normal
-            scan.damage.append("sector %d (seq %d) of the live window has no valid header" % (pos, s))
+        if h is None or h.seq != s:
+            if s != tail:   # the oldest may be mid-erase: normal
+                scan.damage.append("sector %d (seq %d) of the live window has no valid header" % (pos, s))
         else:
             tail = _walk(dev, scan, pos, h, found, dead, partial, tail)
         if s == hh.seq:
             break
         s = (s + 1) & fmt.MASK32
     scan.tail_seq = tail
+    if ignore is None and fmt.seq_diff(hh.seq, tail) == n - 1 and scan.originals == 0:
+        # Full window: the head was opened by a reclaim with one sector left and holds only
+        # copies of records that are still in the tail sector.  Ignore it; it is free again.
+        return globals()["scan"](dev, unit_hint, head)
     _finish(dev, scan, found, partial)
     return scan
 
@@ -199,7 +214,11 @@ def _walk(dev, scan, pos, h, found, dead, partial, tail):
             if m is None:
                 m = found[msg_id] = [{}, None, None]
             idx = 0 if rtype in (fmt.FULL, fmt.FIRST) else aux
-            m[0][idx] = (base + off, length, pcrc)
+            copies = m[0].get(idx)
+            if copies is None:
+                m[0][idx] = [(base + off, length, pcrc)]
+            else:   # a relocation copy: keep every one, the newest intact copy wins
+                copies.append((base + off, length, pcrc))
             if rtype in (fmt.FULL, fmt.FIRST):
                 m[1] = aux
             if rtype == fmt.FULL:
@@ -207,6 +226,8 @@ def _walk(dev, scan, pos, h, found, dead, partial, tail):
             elif rtype == fmt.LAST:
                 m[2] = aux
         scan.records += 1
+        if h.seq == scan.head_seq and rtype != fmt.PAD and rtype != fmt.ACK and not _flags & fmt.RELOCATED:
+            scan.originals += 1
         off += fmt.REC_HDR + length
     return tail
 
@@ -217,29 +238,36 @@ def _finish(dev, scan, found, partial):
     window = fmt.seq_diff(scan.head_seq, scan.tail_seq)
     for msg_id in found:
         frags, env_len, last = found[msg_id]
-        complete = env_len is not None and last is not None and len(frags) == last + 1
-        offs = array("I")
-        total = 0
-        if complete:
-            for i in range(last + 1):
-                f = frags.get(i)
-                if f is None or fmt.seq_diff(scan.head_seq, scan.seq_of(f[0] // e)) > window:
-                    complete = False
-                    break
-                offs.append(f[0])
-                total += f[1]
-        if not complete or total < env_len:
+        if env_len is None or last is None or len(frags) != last + 1:
             scan.incomplete += 1
             continue
-        ok = True
+        offs = array("I")
+        total = 0
+        missing = corrupt = False
         for i in range(last + 1):
-            f = frags[i]
-            if payload_crc(dev, e, f[0], f[1], chunk) != f[2]:
-                ok = False
+            copies = frags.get(i)
+            if copies is None:
+                missing = True
                 break
-        if not ok:
-            scan.corrupt += 1
-            scan.damage.append("message %s: payload CRC mismatch, not delivered" % fmt.format_id(msg_id))
+            chosen = None
+            for j in range(len(copies) - 1, -1, -1):
+                off, length, pcrc = copies[j]
+                if fmt.seq_diff(scan.head_seq, scan.seq_of(off // e)) > window:
+                    continue        # in a sector the tail has already passed
+                if payload_crc(dev, e, off, length, chunk) == pcrc:
+                    chosen = copies[j]
+                    break
+                corrupt = True
+            if chosen is None:
+                break
+            offs.append(chosen[0])
+            total += chosen[1]
+        if len(offs) != last + 1 or total < env_len:
+            if corrupt:
+                scan.corrupt += 1
+                scan.damage.append("message %s: payload CRC mismatch, not delivered" % fmt.format_id(msg_id))
+            else:
+                scan.incomplete += 1
             continue
         p = partial.get(msg_id)
         scan.messages[msg_id] = [offs, env_len, total - env_len, p[0] if p else 0, p[1] if p else None]

@@ -14,7 +14,7 @@ flushes that returned) and checks the invariants of SPOOL.md after every mount:
 
 Runs on CPython and MicroPython (no pytest here).
 """
-from tinymta.blockdev import FlashSim, PowerLoss
+from tinymta.blockdev import FlashSim, PowerLoss  # noqa: F401  (PowerLoss re-exported for tests)
 from tinymta.spool import Spool, SpoolFull
 
 SENDER = "sensor@lan.example"
@@ -177,6 +177,9 @@ def run(dev, oracle, opts, finish=True):
         sp.flush()
         oracle.check(Spool(dev, **opts))
         sp = Spool(dev, **opts)                         # I6: still writable, new mail reads back
+        for m in list(sp.messages()):                   # (deliver what came back first: room returns)
+            sp.ack(m.id, m.recipients)
+        sp.flush()
         body = make_body(0, 100)
         w = sp.writer(SENDER, ["last@mx.example"])
         w.write(body)
