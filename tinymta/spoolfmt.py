@@ -69,6 +69,14 @@ class SpoolError(Exception):
     """Base of every spool error."""
 
 
+class SpoolFull(SpoolError):
+    """No room for this message now (answer 452 4.3.1); room returns as mail is delivered."""
+
+
+class SpoolCorrupt(SpoolError):
+    """Stored bytes fail their CRC: the message must not be delivered."""
+
+
 class FormatError(SpoolError):
     """Bytes that are not (this version of) a tinymta spool; the message says what was found."""
 

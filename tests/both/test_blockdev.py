@@ -6,14 +6,7 @@ import os
 
 from tinymta import compat
 from tinymta.blockdev import FlashSim, FileBlockDevice, BlockDeviceError, PowerLoss
-
-
-def _raises(exc, fn, *args):
-    try:
-        fn(*args)
-    except exc as e:
-        return e
-    raise AssertionError("%s not raised" % exc.__name__)
+from spoolharness import raises
 
 
 def _tmp(name):
@@ -31,10 +24,10 @@ def test_flashsim_geometry_and_erased_start():
 def test_flashsim_program_needs_erase_and_alignment():
     dev = FlashSim(2, 512, 16)
     dev.writeblocks(0, b"\x00" * 16, 16)
-    _raises(BlockDeviceError, dev.writeblocks, 0, b"\x01" * 16, 16)     # not erased
-    _raises(BlockDeviceError, dev.writeblocks, 0, b"\x01" * 16, 8)      # misaligned offset
-    _raises(BlockDeviceError, dev.writeblocks, 0, b"\x01" * 8, 32)      # misaligned length
-    _raises(BlockDeviceError, dev.writeblocks, 0, b"\x01" * 32, 496)    # crosses the block end
+    raises(BlockDeviceError, dev.writeblocks, 0, b"\x01" * 16, 16)     # not erased
+    raises(BlockDeviceError, dev.writeblocks, 0, b"\x01" * 16, 8)      # misaligned offset
+    raises(BlockDeviceError, dev.writeblocks, 0, b"\x01" * 8, 32)      # misaligned length
+    raises(BlockDeviceError, dev.writeblocks, 0, b"\x01" * 32, 496)    # crosses the block end
     dev.ioctl(6, 0)
     dev.writeblocks(0, b"\x01" * 16, 16)
     assert dev.erase_counts == [1, 0]
@@ -43,14 +36,14 @@ def test_flashsim_program_needs_erase_and_alignment():
 def test_flashsim_fault_after_and_lost():
     dev = FlashSim(2, 512, 16)
     dev.arm(1, "after")
-    _raises(PowerLoss, dev.writeblocks, 0, b"\x00" * 16, 0)
-    _raises(PowerLoss, dev.readblocks, 0, bytearray(16), 0)              # dead until power_on
+    raises(PowerLoss, dev.writeblocks, 0, b"\x00" * 16, 0)
+    raises(PowerLoss, dev.readblocks, 0, bytearray(16), 0)              # dead until power_on
     dev.power_on()
     buf = bytearray(16)
     dev.readblocks(0, buf, 0)
     assert buf == b"\x00" * 16
     dev.arm(1, "lost")
-    _raises(PowerLoss, dev.writeblocks, 0, b"\x00" * 16, 16)
+    raises(PowerLoss, dev.writeblocks, 0, b"\x00" * 16, 16)
     dev.power_on()
     dev.readblocks(0, buf, 16)
     assert buf == b"\xff" * 16
@@ -61,7 +54,7 @@ def test_flashsim_fault_torn_is_a_prefix():
         dev = FlashSim(1, 512, 16, seed=seed)
         data = bytes(range(64))
         dev.arm(1, "torn")
-        _raises(PowerLoss, dev.writeblocks, 0, data, 0)
+        raises(PowerLoss, dev.writeblocks, 0, data, 0)
         dev.power_on()
         got = bytearray(64)
         dev.readblocks(0, got, 0)
@@ -75,7 +68,7 @@ def test_flashsim_fault_bits_only_clears_intended_bits():
     dev = FlashSim(1, 512, 16, seed=7)
     data = bytes([0x0F, 0xF0, 0x55, 0x00] * 16)
     dev.arm(1, "bits")
-    _raises(PowerLoss, dev.writeblocks, 0, data, 0)
+    raises(PowerLoss, dev.writeblocks, 0, data, 0)
     dev.power_on()
     got = bytearray(64)
     dev.readblocks(0, got, 0)
@@ -91,7 +84,7 @@ def test_flashsim_interrupted_erase():
     dev = FlashSim(1, 512, 16, seed=3)
     dev.writeblocks(0, b"\x00" * 512, 0)
     dev.arm(1, "bits")
-    _raises(PowerLoss, dev.ioctl, 6, 0)
+    raises(PowerLoss, dev.ioctl, 6, 0)
     dev.power_on()
     got = bytearray(512)
     dev.readblocks(0, got, 0)
@@ -127,13 +120,13 @@ def test_file_blockdev_refuses_wrong_size_and_missing():
     path = _tmp("bd2")
     try:
         FileBlockDevice(path, size=8192, block_size=4096).close()
-        e = _raises(BlockDeviceError, FileBlockDevice, path, 16384, 4096)
+        e = raises(BlockDeviceError, FileBlockDevice, path, 16384, 4096)
         assert "8192" in str(e) and "16384" in str(e)
-        e = _raises(BlockDeviceError, FileBlockDevice, path + ".none", None, 4096)
+        e = raises(BlockDeviceError, FileBlockDevice, path + ".none", None, 4096)
         assert "no such" in str(e)
         with open(path, "ab") as f:
             f.write(b"x" * 100)                  # no longer a whole number of sectors
-        e = _raises(BlockDeviceError, FileBlockDevice, path, None, 4096)
+        e = raises(BlockDeviceError, FileBlockDevice, path, None, 4096)
         assert "truncated" in str(e)
     finally:
         os.remove(path)
@@ -143,8 +136,8 @@ def test_file_blockdev_bounds():
     path = _tmp("bd3")
     try:
         dev = FileBlockDevice(path, size=8192, block_size=4096)
-        _raises(BlockDeviceError, dev.readblocks, 2, bytearray(16), 0)
-        _raises(BlockDeviceError, dev.writeblocks, 1, b"x" * 16, 4090)
+        raises(BlockDeviceError, dev.readblocks, 2, bytearray(16), 0)
+        raises(BlockDeviceError, dev.writeblocks, 1, b"x" * 16, 4090)
         dev.close()
     finally:
         os.remove(path)

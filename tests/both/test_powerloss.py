@@ -11,7 +11,6 @@ slower board needs it).  The counts are printed and reported by
 conftest.py at the end of the pytest run.
 """
 import spoolharness as H
-from tinymta import compat
 from tinymta.blockdev import FAULTS
 
 STRIDE = 1

@@ -6,17 +6,9 @@ from tinymta import compat
 from tinymta import spoolfmt as fmt
 from tinymta.blockdev import FlashSim
 from tinymta.spool import Spool, SpoolFull, SpoolCorrupt, SpoolError
-from spoolharness import make_body
+from spoolharness import make_body, raises
 
 compat.set_log_sink(lambda line: None)
-
-
-def _raises(exc, fn, *args):
-    try:
-        fn(*args)
-    except exc as e:
-        return e
-    raise AssertionError("%s not raised" % exc.__name__)
 
 
 def _put(sp, body, rcpts=("a@x.example",), chunk=1000):
@@ -85,7 +77,7 @@ def test_abort_and_uncommitted_leave_nothing():
     w2 = sp.writer("s@x", ["r@x"])
     w2.write(make_body(2, 9000))                 # never committed
     keep = _put(sp, b"kept")
-    _raises(SpoolError, w.write, b"more")
+    raises(SpoolError, w.write, b"more")
     assert [m.id for m in Spool(dev).messages()] == [keep]
 
 
@@ -112,9 +104,9 @@ def test_ack_partial_then_all_and_flush():
     assert mid not in sp                         # gone at once in RAM
     sp.flush()
     assert len(Spool(dev)) == 0
-    _raises(SpoolError, sp.ack, mid, ["a@x"])
+    raises(SpoolError, sp.ack, mid, ["a@x"])
     other = _put(sp, b"y", ["a@x"])
-    _raises(SpoolError, sp.ack, other, ["nobody@x"])
+    raises(SpoolError, sp.ack, other, ["nobody@x"])
 
 
 def test_ack_many_recipients():
@@ -141,7 +133,7 @@ def test_full_spool_refuses_cleanly_and_recovers():
     except SpoolFull:
         pass
     assert 3 < len(ids) < 100
-    _raises(SpoolFull, _put, sp, body)           # still full: refused again, no damage
+    raises(SpoolFull, _put, sp, body)           # still full: refused again, no damage
     sp2 = Spool(dev)
     assert [m.id for m in sp2.messages()] == ids and all(_read(sp2, i) == body for i in ids)
     for i in ids[:3]:
@@ -153,7 +145,7 @@ def test_full_spool_refuses_cleanly_and_recovers():
 
 def test_one_huge_message_is_refused_not_looped():
     sp = Spool(FlashSim(8, 512, 16))
-    _raises(SpoolFull, _put, sp, make_body(1, 50000))
+    raises(SpoolFull, _put, sp, make_body(1, 50000))
     assert len(sp) == 0
     assert _read(sp, _put(sp, b"small")) == b"small"
 
@@ -207,7 +199,7 @@ def test_corruption_is_never_returned():
     mid = _put(sp, body)
     at = dev.mem.find(b"ZZZZ")
     dev.mem[at + 10] ^= 0x01                     # a bit decays after acceptance
-    _raises(SpoolCorrupt, _read, sp, mid)       # a reader never gets the bad bytes
+    raises(SpoolCorrupt, _read, sp, mid)       # a reader never gets the bad bytes
     sp2 = Spool(dev)
     assert mid not in sp2 and sp2.scan.corrupt == 1
 
@@ -221,7 +213,7 @@ def test_blank_format_and_foreign_data():
     for i in range(len(junk.mem)):
         junk.mem[i] = (i * 7919) & 0xFF
     before = bytes(junk.mem)
-    e = _raises(fmt.FormatError, Spool, junk)
+    e = raises(fmt.FormatError, Spool, junk)
     assert "no tinymta spool" in str(e) and bytes(junk.mem) == before
 
 
@@ -234,7 +226,7 @@ def test_newer_format_version_is_refused():
             dev.mem[a + 4] = 2
             crc = compat.crc32(bytes(dev.mem[a:a + 36]))
             dev.mem[a + 36:a + 40] = crc.to_bytes(4, "little")
-    e = _raises(fmt.FormatError, Spool, dev)
+    e = raises(fmt.FormatError, Spool, dev)
     assert "newer" in str(e)
 
 
@@ -243,7 +235,7 @@ def test_readonly_spool_does_not_write():
     mid = _put(Spool(dev), b"x", ["a@x"])
     ops = dev.ops
     ro = Spool(dev, readonly=True)
-    _raises(SpoolError, ro.writer, "s@x", ["a@x"])
-    _raises(SpoolError, ro.ack, mid, ["a@x"])
+    raises(SpoolError, ro.writer, "s@x", ["a@x"])
+    raises(SpoolError, ro.ack, mid, ["a@x"])
     assert dev.ops == ops
-    _raises(fmt.FormatError, Spool, FlashSim(8, 512, 16), None, 2, 0.75, None, None, None, None, True)
+    raises(fmt.FormatError, Spool, FlashSim(8, 512, 16), None, 2, 0.75, None, None, None, None, True)
