@@ -205,6 +205,7 @@ class FlashSim:
         self.budget = None      # ops left until the power cut; None = never
         self.fault = "after"
         self.dead = False
+        self.bad = set()        # blocks whose programs silently do not stick (a worn-out sector)
         self._rng = seed * 2654435761 % 4294967296 or 1
 
     def rand(self, n):
@@ -263,7 +264,8 @@ class FlashSim:
         if self._tick():
             self._cut_program(a, buf)
             raise PowerLoss("power cut during program")
-        self.mem[a:a + len(buf)] = buf
+        if n not in self.bad:
+            self.mem[a:a + len(buf)] = buf
         self.bytes_programmed += len(buf)
 
     def _erase(self, n):

@@ -42,7 +42,8 @@ def main(argv=None):
                 return spooltool.dump(args.file, sys.stdout, args.json)
             if args.spool_command == "cat":
                 return spooltool.cat(args.file, args.id)
-            parser.parse_args(["spool", "--help"])
+            sys.stderr.write("tinymta: spool needs an action: check, dump or cat (see tinymta spool --help)\n")
+            return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -30,7 +30,7 @@ and bytes.
 from tinymta import compat
 from tinymta import spoolfmt as fmt
 from tinymta.spoolfmt import FormatError, SpoolError, SpoolFull, SpoolCorrupt  # noqa: F401 (public names)
-from tinymta.spoolscan import scan as scan_device, read_header_at
+from tinymta.spoolscan import scan as scan_device
 from tinymta.spoolreclaim import reclaim_one
 from tinymta.spoolwriter import Writer, RELOC, META, DATA  # noqa: F401
 
@@ -50,6 +50,8 @@ class Spool:
                  verify=None, ack_batch=None, readonly=False):
         self.dev = dev
         self.readonly = readonly
+        self._opts = (prog_unit, reserve, max_fill, chunk, write_buffer, verify, ack_batch, readonly)
+        self._broken = False
         hint = prog_unit or getattr(dev, "prog_unit", 256)
         sc = scan_device(dev, hint)
         if sc.blank and readonly:
@@ -105,9 +107,18 @@ class Spool:
         _write_format(dev, prog_unit or getattr(dev, "prog_unit", 256), first_seq, True)
 
     # --- writing ------------------------------------------------------------
+    def _recover(self):
+        """After a failed write: drop RAM state and mount again from the medium (never writes)."""
+        for w in list(self._writers.values()) + self._pending:
+            w.state = 2   # aborted: their data may not be on the medium
+        o = self._opts
+        self.__init__(self.dev, o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7])
+
     def writer(self, sender, recipients, size_hint=0, params=b""):
         if self.readonly:
             raise SpoolError("the spool is open read-only")
+        if self._broken:
+            self._recover()
         env = fmt.encode_envelope(sender, recipients, compat.unix_time(), params)
         need = size_hint + len(env) + fmt.REC_HDR * (1 + (size_hint + len(env)) // self.chunk)
         if self._live_bytes + need > self.max_fill * self.capacity:
@@ -128,6 +139,8 @@ class Spool:
         DATA keeps the whole reserve, META (ACK, TAIL) keeps one sector so a
         reclaim can always run, RELOC (inside a reclaim) may take the last.
         """
+        if self._broken:
+            raise SpoolError("an earlier flash write failed; this message must be sent again")
         if not self._sealed and self.e - self._off >= nbytes and (level == RELOC or not self._copies_only):
             return self.e - self._off
         want = self.reserve + 1 if level == DATA else level
@@ -199,12 +212,17 @@ class Spool:
             back = bytearray(length)
             self.dev.readblocks(blk, back, off)
             if back != mv:
-                self._sealed = True
+                # What the buffer held (fragments, ACKs, copies) did not reach the medium: from
+                # here on the spool is as after a power cut, and recovers the same way.
+                self._broken = True
+                log.error("flash program verify failed at sector %d offset %d; recovering", blk, off)
                 raise SpoolError("flash program verify failed at sector %d offset %d" % (blk, off))
         self._wstart += length
         self._wfill = 0
 
     def _sync(self):
+        if self._broken:
+            raise SpoolError("an earlier flash write failed; this message must be sent again")
         if self._tail_due is not None:
             self._need(fmt.REC_HDR, META)
             self._append(fmt.TAIL, 0, 0, self._tail_due, b"")
@@ -233,19 +251,25 @@ class Spool:
         entries, self._acks = self._acks, []
         per = max(1, (self.e - fmt.SECTOR_HDR - fmt.REC_HDR) // fmt.ACK_ENTRY)
         i = 0
-        while i < len(entries):
-            room = self._need(fmt.REC_HDR + fmt.ACK_ENTRY, level)
-            k = min(per, len(entries) - i, (room - fmt.REC_HDR) // fmt.ACK_ENTRY)
-            self._append(fmt.ACK, 0, 0, k, fmt.encode_ack(entries[i:i + k]))
-            for j in range(i, i + k):
-                m = self._msgs.get(entries[j][0])
-                if m is not None:
-                    m[5] = self.head_seq
-            i += k
+        try:
+            while i < len(entries):
+                room = self._need(fmt.REC_HDR + fmt.ACK_ENTRY, level)
+                k = min(per, len(entries) - i, (room - fmt.REC_HDR) // fmt.ACK_ENTRY)
+                self._append(fmt.ACK, 0, 0, k, fmt.encode_ack(entries[i:i + k]))
+                for j in range(i, i + k):
+                    m = self._msgs.get(entries[j][0])
+                    if m is not None:
+                        m[5] = self.head_seq
+                i += k
+        except SpoolFull:
+            self._acks = entries[i:] + self._acks   # never drop a delivery: it waits for room
+            raise
 
     # --- delivery -----------------------------------------------------------
     def ack(self, msg_id, recipients):
         """Mark recipients (addresses or indexes) delivered or bounced; all done removes the message."""
+        if self._broken:
+            self._recover()
         m = self._msgs.get(msg_id)
         if m is None or self.readonly:
             raise SpoolError("no message %s in the spool" % fmt.format_id(msg_id) if m is None
@@ -275,6 +299,8 @@ class Spool:
 
     def flush(self):
         """Make every ACK so far durable."""
+        if self._broken:
+            self._recover()
         self._sync()
 
     def close(self):
@@ -282,11 +308,25 @@ class Spool:
         self.dev.ioctl(3, 0)
 
     # --- reading ------------------------------------------------------------
+    def _read(self, at, buf):
+        """Bytes at device offset `at`; those not programmed yet come from the write buffer."""
+        end = at + len(buf)
+        lo, hi = self._wstart, self._wstart + self._wfill
+        if self._wfill == 0 or end <= lo or at >= hi:
+            self.dev.readblocks(at // self.e, buf, at % self.e)
+            return
+        mv = memoryview(buf)
+        k = lo - at if lo > at else 0
+        if k:
+            self.dev.readblocks(at // self.e, mv[:k], at % self.e)
+        mv[k:] = self._wbuf[at + k - lo:end - lo]
+
     def _stream(self, offs, skip):
         """Yield the verified payload bytes of a fragment chain, after skipping `skip` bytes."""
-        e = self.e
+        hdr = bytearray(fmt.REC_HDR)
         for i in range(len(offs)):
-            r = read_header_at(self.dev, e, offs[i], self._rh)
+            self._read(offs[i], hdr)
+            r = fmt.parse_record_header(hdr)
             if r is None:
                 raise SpoolCorrupt("record header at %d fails its CRC" % offs[i])
             length, pcrc = r[2], r[7]
@@ -294,8 +334,7 @@ class Spool:
                 self._rbuf = bytearray(length)
             mv = memoryview(self._rbuf)[:length]
             if length:
-                at = offs[i] + fmt.REC_HDR
-                self.dev.readblocks(at // e, mv, at % e)
+                self._read(offs[i] + fmt.REC_HDR, mv)
             if compat.crc32(mv) != pcrc:
                 raise SpoolCorrupt("fragment %d at %d fails its payload CRC" % (i, offs[i]))
             if skip >= length:

@@ -53,19 +53,25 @@ def reclaim_one(sp):
             offs[i] = sp._append(r[0], r[1] | fmt.RELOCATED, r[5], r[6], mv, r[7])
             moved += 1
     # ACK records for partly delivered messages that live in this sector: state them again.
+    # Only those: the application's queued ACKs wait for the next sync, so what a reclaim
+    # writes stays bounded by what the sector held.
     tail_seq = sp.tail_seq
-    for msg_id in sp._msgs:
-        m = sp._msgs[msg_id]
-        if m[5] is not None and not fmt.seq_after(m[5], tail_seq):
-            done = m[3]
-            word = 0
-            while done >> (32 * word):
-                mask = (done >> (32 * word)) & fmt.MASK32
-                if mask:
-                    sp._acks.append((msg_id, 32 * word, mask))
-                word += 1
-    if sp._acks:
-        sp._write_acks(1)  # RELOC
+    queued, sp._acks = sp._acks, []
+    try:
+        for msg_id in sp._msgs:
+            m = sp._msgs[msg_id]
+            if m[5] is not None and not fmt.seq_after(m[5], tail_seq):
+                done = m[3]
+                word = 0
+                while done >> (32 * word):
+                    mask = (done >> (32 * word)) & fmt.MASK32
+                    if mask:
+                        sp._acks.append((msg_id, 32 * word, mask))
+                    word += 1
+        if sp._acks:
+            sp._write_acks(1)  # RELOC
+    finally:
+        sp._acks = queued + sp._acks
     sp.tail_seq = (tail_seq + 1) & fmt.MASK32
     sp._copies_unsynced = True
     log.debug("reclaimed sector %d: %d fragments moved", tail_pos, moved)

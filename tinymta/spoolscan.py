@@ -41,6 +41,8 @@ class Scan:
         self.incomplete = 0     # fragment chains without their end: never committed
         self.corrupt = 0        # complete messages whose payload CRC failed
         self.damage = []        # human-readable notes
+        self.boot_ends = {}     # seqs of sectors that were the head when a boot ended
+        self.last_record = {}   # seq -> offset of the last record the walk reached there
         self.originals = 0      # records in the head sector other than relocation copies
 
     def seq_of(self, pos):
@@ -153,9 +155,14 @@ def scan(dev, unit_hint=256, ignore=None):
     dead = {}
     partial = {}
     s = tail
+    last = None
     while True:
         pos = scan.pos_of(s)
         h = headers[pos]
+        if h is not None and h.seq == s:
+            if last is not None and last.epoch != h.epoch:
+                scan.boot_ends[last.seq] = True     # a boot ended with that sector as its head
+            last = h
         if h is None or h.seq != s:
             if s != tail:   # the oldest may be mid-erase: normal
                 scan.damage.append("sector %d (seq %d) of the live window has no valid header" % (pos, s))
@@ -165,6 +172,7 @@ def scan(dev, unit_hint=256, ignore=None):
             break
         s = (s + 1) & fmt.MASK32
     scan.tail_seq = tail
+    scan.boot_ends[hh.seq] = True
     if ignore is None and fmt.seq_diff(hh.seq, tail) == n - 1 and scan.originals == 0:
         # Full window: the head was opened by a reclaim with one sector left and holds only
         # copies of records that are still in the tail sector.  Ignore it; it is free again.
@@ -186,6 +194,7 @@ def _walk(dev, scan, pos, h, found, dead, partial, tail):
             if r is not None and r[3] == h.stamp:
                 scan.torn += 1
                 scan.damage.append("sector %d: record at %d breaks the chain" % (pos, off))
+            _lost_after(dev, scan, pos, h, off, rbuf)
             break
         rtype, _flags, length, _stamp, rec_seq, msg_id, aux, pcrc = r
         expect = (rec_seq + 1) & fmt.MASK32
@@ -226,10 +235,31 @@ def _walk(dev, scan, pos, h, found, dead, partial, tail):
             elif rtype == fmt.LAST:
                 m[2] = aux
         scan.records += 1
+        scan.last_record[h.seq] = base + off
         if h.seq == scan.head_seq and rtype != fmt.PAD and rtype != fmt.ACK and not _flags & fmt.RELOCATED:
             scan.originals += 1
         off += fmt.REC_HDR + length
     return tail
+
+
+def _lost_after(dev, scan, pos, h, off, rbuf):
+    """Report records cut off behind a damaged one.
+
+    A power cut leaves at most one torn region at the end of what a sector
+    holds, and nothing of the same opening is ever written after it (sealing).
+    So a valid record of this sector's stamp at a later program-unit boundary
+    means the walk stopped at decayed bytes, and what follows is lost.
+    """
+    e, unit = scan.sector_size, scan.unit
+    at = off - off % unit + unit
+    while at + fmt.REC_HDR <= e:
+        r = read_header_at(dev, e, pos * e + at, rbuf)
+        if r is not None and r[3] == h.stamp:
+            scan.corrupt += 1
+            scan.damage.append("sector %d: damaged record at %d; the records after it (from %d) are lost"
+                               % (pos, off, at))
+            return
+        at += unit
 
 
 def _finish(dev, scan, found, partial):
@@ -243,7 +273,7 @@ def _finish(dev, scan, found, partial):
             continue
         offs = array("I")
         total = 0
-        missing = corrupt = False
+        missing = corrupt = torn = False
         for i in range(last + 1):
             copies = frags.get(i)
             if copies is None:
@@ -257,13 +287,20 @@ def _finish(dev, scan, found, partial):
                 if payload_crc(dev, e, off, length, chunk) == pcrc:
                     chosen = copies[j]
                     break
-                corrupt = True
+                sq = scan.seq_of(off // e)
+                if sq in scan.boot_ends and scan.last_record.get(sq) == off:
+                    torn = True     # the last thing a boot wrote, cut short: never committed
+                else:
+                    corrupt = True
             if chosen is None:
                 break
             offs.append(chosen[0])
             total += chosen[1]
         if len(offs) != last + 1 or total < env_len:
-            if corrupt:
+            if torn and not corrupt:
+                scan.torn += 1
+                scan.incomplete += 1
+            elif corrupt:
                 scan.corrupt += 1
                 scan.damage.append("message %s: payload CRC mismatch, not delivered" % fmt.format_id(msg_id))
             else:

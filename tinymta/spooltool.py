@@ -18,7 +18,10 @@ from tinymta.spool import Spool
 def open_readonly(path):
     sector, unit = FileBlockDevice.probe(path)
     dev = FileBlockDevice(path, block_size=sector, prog_unit=unit, create=False, readonly=True)
-    return Spool(dev, readonly=True)
+    try:
+        return Spool(dev, readonly=True)
+    except fmt.SpoolError as e:
+        raise type(e)("%s: %s" % (path, e))
 
 
 def _summary(sp):

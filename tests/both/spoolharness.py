@@ -108,6 +108,7 @@ class Oracle:
     def check(self, sp):
         """The invariants after a mount; then the oracle adopts what survived."""
         self.mounts += 1
+        assert sp.scan.corrupt == 0, "a power cut was reported as damage: %r" % (sp.scan.damage,)
         seen = {}
         for m in sp.messages():
             body = b"".join(sp.read(m.id))                       # I2: no CRC error may surface

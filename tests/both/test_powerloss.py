@@ -16,7 +16,7 @@ from tinymta.blockdev import FAULTS
 STRIDE = 1
 GEOMETRIES = {
     "tiny": (dict(sectors=8, sector=512, unit=16), (11, 60, 20, 300, 2)),
-    "rp2": (dict(sectors=16, sector=4096, unit=256), (12, 50, 100, 6000, 4)),
+    "rp2": (dict(sectors=16, sector=4096, unit=256), (12, 70, 100, 6000, 4)),
 }
 COVERED = []   # (name, cut points, remounts) for the summary line
 
