@@ -49,6 +49,8 @@ class Spool:
     def __init__(self, dev, prog_unit=None, reserve=2, max_fill=0.75, chunk=None, write_buffer=None,
                  verify=None, ack_batch=None, readonly=False):
         self.dev = dev
+        # rp2.Flash and esp32.Partition know nothing of needs_erase: real flash does need it.
+        self.erases = getattr(dev, "needs_erase", True)
         self.readonly = readonly
         self._opts = (prog_unit, reserve, max_fill, chunk, write_buffer, verify, ack_batch, readonly)
         self._broken = False
@@ -65,9 +67,9 @@ class Spool:
             raise FormatError("a spool needs at least %d sectors, this device has %d" % (reserve + 2, self.n))
         self.reserve = reserve
         self.max_fill = max_fill
-        self.chunk = chunk or min(max(self.unit, 4096), self.e - fmt.SECTOR_HDR) - fmt.REC_HDR
+        self.chunk = min(chunk or min(max(self.unit, 4096), self.e - fmt.SECTOR_HDR) - fmt.REC_HDR, fmt.MAX_PAYLOAD)
         self.wb = write_buffer or min(self.e, max(self.unit, 4096))
-        self.verify = dev.needs_erase if verify is None else verify
+        self.verify = self.erases if verify is None else verify
         self.ack_batch = ack_batch or max(8, (self.unit - fmt.REC_HDR) // fmt.ACK_ENTRY)
         self.scan = sc
         self.head_pos, self.head_seq, self.tail_seq = sc.head_pos, sc.head_seq, sc.tail_seq
@@ -163,7 +165,7 @@ class Spool:
         self._copies_only = self.free_sectors() <= 1
         pos = (self.head_pos + 1) % self.n
         seq = (self.head_seq + 1) & fmt.MASK32
-        if self.dev.needs_erase:
+        if self.erases:
             self.dev.ioctl(6, pos)
         self.erase_counts[pos] += 1
         stamp = compat.random_u32() or 1
@@ -249,7 +251,7 @@ class Spool:
 
     def _write_acks(self, level):
         entries, self._acks = self._acks, []
-        per = max(1, (self.e - fmt.SECTOR_HDR - fmt.REC_HDR) // fmt.ACK_ENTRY)
+        per = max(1, min(fmt.MAX_PAYLOAD, self.e - fmt.SECTOR_HDR - fmt.REC_HDR) // fmt.ACK_ENTRY)
         i = 0
         try:
             while i < len(entries):
@@ -395,7 +397,7 @@ def _write_format(dev, unit, first_seq, wipe):
     length = -(-(fmt.SECTOR_HDR + gap) // unit) * unit
     buf = bytearray(b"\xff" * length)
     for blk in range(n if wipe else 1):
-        if dev.needs_erase:
+        if getattr(dev, "needs_erase", True):
             dev.ioctl(6, blk)
         else:   # a file does not erase: overwrite the header so no old sector stays valid
             dev.writeblocks(blk, buf, 0)

@@ -43,6 +43,7 @@ MAGIC = b"TMS1"
 VERSION = 1
 SECTOR_HDR = 40
 REC_HDR = 32
+MAX_PAYLOAD = 0xFFFF    # the record length field is 16 bits
 
 FULL = 1
 FIRST = 2
@@ -117,8 +118,11 @@ def parse_sector_header(b):
     if f[0] != MAGIC or crc32(bytes(b[0:36])) != f[12]:
         return None
     if f[1] != VERSION:
-        raise FormatError("spool format version %d is newer than this tinymta understands (version %d); "
-                          "upgrade tinymta, or move the spool away" % (f[1], VERSION))
+        if f[1] > VERSION:
+            raise FormatError("spool format version %d is newer than this tinymta understands (version %d); "
+                              "upgrade tinymta, or move the spool away" % (f[1], VERSION))
+        raise FormatError("spool format version %d is not one this tinymta understands (version %d)"
+                          % (f[1], VERSION))
     h = SectorHeader()
     h.log2_sector, h.log2_unit, h.nsectors = f[2], f[3], f[5]
     h.seq, h.tail_seq, h.erase_count, h.epoch, h.stamp = f[6], f[7], f[8], f[9], f[10]

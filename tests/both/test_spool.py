@@ -320,3 +320,30 @@ def test_damaged_record_header_is_reported_not_hidden():
     dev.mem[at + 12] ^= 0x04                     # decay inside the header (its msg_id)
     again = Spool(dev)
     assert again.scan.corrupt == 1 and "lost" in again.scan.damage[-1]
+
+
+class _BareFlash:
+    """Only the MicroPython block protocol, as rp2.Flash and esp32.Partition offer it."""
+
+    def __init__(self, flash):
+        self.flash = flash
+
+    def readblocks(self, n, buf, off=0):
+        self.flash.readblocks(n, buf, off)
+
+    def writeblocks(self, n, buf, off=None):
+        self.flash.writeblocks(n, buf, off)
+
+    def ioctl(self, op, arg):
+        return self.flash.ioctl(op, arg)
+
+
+def test_bare_block_protocol_device():
+    flash = FlashSim(8, 4096, 256)
+    sp = Spool(_BareFlash(flash), 256)
+    ids = [_put(sp, make_body(i, 3000)) for i in range(12)]   # wraps: sectors get erased
+    for i in ids[:10]:
+        sp.ack(i, ["a@x.example"])
+    sp.flush()
+    again = Spool(_BareFlash(flash))
+    assert [m.id for m in again.messages()] == ids[10:] and min(flash.erase_counts) >= 1
