@@ -6,6 +6,10 @@ import json
 
 import pytest
 
+from tinymta.config import spool_admission_limit
+
+LIMIT_4M = spool_admission_limit(4 << 20, 65536)
+
 from tinymta import config
 from tinymta.config import ConfigError, load, to_json_dict
 
@@ -166,14 +170,14 @@ MESSAGES = [
     ("[server]\nauth_users_file = 'u'", "server.auth_users_file: AUTH is only offered over TLS: set server.tls_cert"
      " and server.tls_key, or server.auth_without_tls = true"),
     ("[server]\nauth_without_tls = 'no'", 'server.auth_without_tls: must be true or false, got "no"'),
-    ("[server]\nmax_message_size = '4M'", "server.max_message_size: must fit in the spool: at most spool.size minus"
-     " 2 sectors (4063232), got 4194304"),
+    ("[server]\nmax_message_size = '4M'", "server.max_message_size: must fit in the spool: at most %d for this"
+     " spool.size (the spool admits mail up to 75%% of its space less a 2-sector reserve), got 4194304" % LIMIT_4M),
     ("[spool]\npath = ''", 'spool.path: must be a non-empty string, got ""'),
     ("[spool]\npath = 1979-05-27", "spool.path: must be a non-empty string, got a date"),
     ("[spool]\nsize = 0", 'spool.size: must be a size >= 1 bytes: an integer or "64K", "4M", "1MiB"..., got 0'),
     ("[spool]\nsize = '5000K'", "spool.size: must be a multiple of spool.sector_size (65536) and at least 4 sectors,"
      " got 5120000"),
-    ("[spool]\nsector_size = '6000'", "spool.sector_size: must be a multiple of spool.prog_unit (4096), got 6000"),
+    ("[spool]\nsector_size = '6000'", "spool.sector_size: must be a power of two and a multiple of spool.prog_unit (4096), got 6000"),
     ("[spool]\nprog_unit = 100", "spool.prog_unit: must be a power of two, got 100"),
     ("[relay]\nmode = 'direct'", 'relay.mode: must be one of "mx", "smarthost", got "direct"'),
     ("[relay]\nmode = 'smarthost'", 'relay.smarthost: required when relay.mode is "smarthost"'),

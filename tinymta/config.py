@@ -324,14 +324,22 @@ def _check_across(cfg, source):
     pu, ss, size = sp.prog_unit, sp.sector_size, sp.size
     if pu & (pu - 1):
         fail("spool.prog_unit", "must be a power of two, got %d" % pu)
-    if ss % pu:
-        fail("spool.sector_size", "must be a multiple of spool.prog_unit (%d), got %d" % (pu, ss))
+    if ss % pu or ss & (ss - 1):
+        fail("spool.sector_size", "must be a power of two and a multiple of spool.prog_unit (%d), got %d"
+             % (pu, ss))
     if size % ss or size < 4 * ss:
         fail("spool.size", "must be a multiple of spool.sector_size (%d) and at least 4 sectors, got %d"
              % (ss, size))
-    if s.max_message_size > size - 2 * ss:
-        fail("server.max_message_size", "must fit in the spool: at most spool.size minus 2 sectors (%d),"
-             " got %d" % (size - 2 * ss, s.max_message_size))
+    room = spool_admission_limit(size, ss)
+    if s.max_message_size > room:
+        fail("server.max_message_size", "must fit in the spool: at most %d for this spool.size (the spool "
+             "admits mail up to 75%% of its space less a 2-sector reserve), got %d" % (room, s.max_message_size))
+
+
+def spool_admission_limit(size, sector):
+    """The largest message an empty spool of this geometry admits (spool.Spool's rule, conservatively)."""
+    capacity = (size // sector - 3) * (sector - 40)
+    return int(capacity * 3 // 4) - 32 * (2 + capacity // 4000) - 4096
 
 
 def to_json_dict(cfg, redact=False):

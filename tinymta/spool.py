@@ -116,6 +116,11 @@ class Spool:
         o = self._opts
         self.__init__(self.dev, o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7])
 
+    def can_accept(self, size_hint=0):
+        """Whether a message of about size_hint bytes would be admitted now (for 452 at MAIL)."""
+        need = size_hint + fmt.REC_HDR * (2 + size_hint // self.chunk) + 256
+        return not self.readonly and self._live_bytes + need <= self.max_fill * self.capacity
+
     def writer(self, sender, recipients, size_hint=0, params=b""):
         if self.readonly:
             raise SpoolError("the spool is open read-only")

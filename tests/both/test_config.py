@@ -10,7 +10,7 @@ import os
 import sys
 
 from tinymta import config
-from tinymta.config import ConfigError, from_dict, load, to_json_dict
+from tinymta.config import spool_admission_limit, ConfigError, from_dict, load, to_json_dict
 
 MICROPYTHON = sys.implementation.name == "micropython"
 
@@ -324,16 +324,29 @@ def test_server_tls_and_auth():
 
 def test_spool_geometry():
     sp = from_dict({"spool": {"size": "256K", "sector_size": 4096, "prog_unit": 256},
-                    "server": {"max_message_size": "200K"}}).spool
+                    "server": {"max_message_size": "150K"}}).spool
     assert (sp.size, sp.sector_size, sp.prog_unit) == (262144, 4096, 256)
     assert "spool.prog_unit: must be a power of two, got 3000" in _err({"spool": {"prog_unit": 3000}})
-    assert "spool.sector_size: must be a multiple of spool.prog_unit (4096), got 6000" in \
-        _err({"spool": {"sector_size": 6000}})
+    assert "spool.sector_size: must be a power of two and a multiple of spool.prog_unit (4096), got 6000" \
+        in _err({"spool": {"sector_size": 6000}})
     assert "spool.size: must be a multiple of spool.sector_size (65536)" in _err({"spool": {"size": 4194305}})
     assert "at least 4 sectors" in _err({"spool": {"size": 196608}})
     msg = _err({"server": {"max_message_size": "4M"}})
-    assert msg == ("t.json: server.max_message_size: must fit in the spool: at most spool.size minus 2 sectors"
-                   " (4063232), got 4194304"), msg
+    assert msg.startswith("t.json: server.max_message_size: must fit in the spool: at most %d "
+                          % spool_admission_limit(4 << 20, 65536)) and msg.endswith("got 4194304"), msg
+
+
+def test_largest_allowed_message_really_fits_an_empty_spool():
+    from tinymta.blockdev import FlashSim
+    from tinymta.spool import Spool
+    for size, sector, unit in ((256 << 10, 4096, 256), (64 << 10, 4096, 16), (1 << 20, 65536, 4096)):
+        limit = spool_admission_limit(size, sector)
+        sp = Spool(FlashSim(size // sector, sector, unit))
+        assert sp.can_accept(limit)
+        w = sp.writer("s@x", ["r@x"], limit)
+        w.write(b"x" * limit)
+        mid = w.commit()
+        assert sum(len(c) for c in sp.read(mid)) == limit
 
 
 def test_to_json_dict_roundtrip():

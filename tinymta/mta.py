@@ -1,0 +1,106 @@
+"""Assembling and running the MTA from a configuration: spool, users, TLS, server, signals.
+
+`serve(path)` is what `tinymta serve -c FILE` runs on CPython and what a board's main.py
+runs on MicroPython (with a JSON config).  Errors a user can cause (bad config, a spool
+file of the wrong size, a port in use) raise StartupError with a one-line message.
+
+This module must not hold protocol or storage logic; it only wires the parts together.
+"""
+import sys
+
+from tinymta import compat
+from tinymta.config import load, ConfigError
+
+log = compat.get_logger("mta")
+
+
+class StartupError(Exception):
+    """The MTA cannot start; the message says why in one line."""
+
+
+def open_spool(cfg):
+    from tinymta.blockdev import FileBlockDevice, BlockDeviceError
+    from tinymta.spool import Spool
+    from tinymta.spoolfmt import SpoolError
+    sc = cfg.spool
+    try:
+        dev = FileBlockDevice(sc.path, size=sc.size, block_size=sc.sector_size, prog_unit=sc.prog_unit)
+        return Spool(dev)
+    except (BlockDeviceError, SpoolError) as e:
+        raise StartupError("spool %s: %s" % (sc.path, e))
+    except OSError as e:
+        raise StartupError("spool %s: %s" % (sc.path, e))
+
+
+def build(cfg, spool=None):
+    """A ready Server for cfg (listening sockets open)."""
+    from tinymta.server import Server
+    srv_cfg = cfg.server
+    users = None
+    if srv_cfg.auth_users_file:
+        from tinymta.auth import load_users, Users, AuthFileError
+        try:
+            users = Users(load_users(srv_cfg.auth_users_file))
+        except (AuthFileError, OSError) as e:
+            raise StartupError(str(e))
+    tls = None
+    if srv_cfg.tls_cert:
+        try:
+            tls = compat.server_tls_context(srv_cfg.tls_cert, srv_cfg.tls_key)
+        except (OSError, ValueError) as e:
+            raise StartupError("TLS certificate %s / key %s: %s" % (srv_cfg.tls_cert, srv_cfg.tls_key, e))
+    srv = Server(cfg, spool or open_spool(cfg), users, tls)
+    try:
+        srv.listen()
+    except OSError as e:
+        srv.spool.close()
+        raise StartupError("cannot listen on %s: %s" % (
+            " ".join("%s:%d" % a for a in srv_cfg.listen), e))
+    return srv
+
+
+def _install_signals(srv):
+    try:
+        import signal
+    except ImportError:
+        return
+    def stop(signum, frame):
+        log.info("signal %d: stopping", signum)
+        srv.stop()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def serve(path=None):
+    """Load the config, start the MTA and run until SIGTERM/SIGINT; 0 on a clean stop."""
+    try:
+        cfg = load(path)
+    except ConfigError as e:
+        raise StartupError(str(e))
+    compat.set_log_level(cfg.log.level)
+    srv = build(cfg)
+    log.info("tinymta ready: spool %s (%d messages), hostname %s", cfg.spool.path, len(srv.spool),
+             cfg.server.hostname)
+    sys.stdout.write("READY\n")     # readiness line for supervisors and tests
+    try:
+        sys.stdout.flush()
+    except AttributeError:
+        pass
+    _install_signals(srv)
+    try:
+        srv.run()
+    except KeyboardInterrupt:       # MicroPython delivers SIGINT this way
+        srv.shutdown()
+    return 0
+
+
+def main_micropython(argv):
+    """`micropython -m tinymta serve [-c FILE]`: the board's command line, without argparse."""
+    if not argv or argv[0] != "serve" or len(argv) not in (1, 3) or (len(argv) == 3 and argv[1] != "-c"):
+        sys.stderr.write("usage: micropython -m tinymta serve [-c config.json]\n")
+        return 2
+    try:
+        return serve(argv[2] if len(argv) == 3 else None)
+    except StartupError as e:
+        sys.stderr.write("tinymta: %s\n" % e)
+        return 2

@@ -1,0 +1,407 @@
+"""The SMTP receiving server: one poll loop over non-blocking sockets, sessions and the spool.
+
+    srv = Server(cfg, spool[, users, tls_context])
+    srv.run()            until srv.stop() (SIGTERM): open sessions get 421, the spool closes
+
+Each connection pairs a socket with a sans-IO Session (session.py).  Bodies stream from the
+socket into a spool writer in chunks as they arrive; nothing holds a whole message.  The 250
+after DATA is sent only once the message is durable: every session that finished its DATA in
+one pass of the loop is committed with a single sync (group commit), then all of them get
+their 250.  Hooks let other parts (the queue runner, the console) share the loop.
+
+This module must not know the SMTP grammar (session.py), the on-media format (spool*.py), or
+where mail goes next (relay).
+"""
+from tinymta import compat, netio
+from tinymta.config import ip_allowed, domain_allowed
+from tinymta.fixup import HeaderFixer
+from tinymta.session import Session, Policy
+from tinymta.spoolfmt import SpoolError, SpoolFull, format_id
+
+log = compat.get_logger("smtpd")
+
+R_STORAGE = b"452 4.3.1 Insufficient system storage"
+R_LOCAL_ERROR = b"451 4.3.0 Local error in processing; try again later"
+R_RELAY = b"550 5.7.1 Relay access denied"
+R_BUSY = b"421 4.7.0 %s Too many connections, try again later\r\n"
+READ_SIZE = 16384
+
+
+def _text(b):
+    return compat.decode_utf8_replace(b)
+
+
+class Connection:
+    """One client: its socket, its session, what waits to be sent, the message being stored."""
+
+    def __init__(self, sock, peer, session, now):
+        self.sock = sock
+        self.ip, self.port = peer
+        self.session = session
+        self.out = bytearray()
+        self.last = now
+        self.closing = False
+        self.writer = None
+        self.fixer = None
+        self.failed = None          # the refusal to give at the end of DATA
+        self.size_hint = 0
+        self.sender = ""
+        self.rcpts = []
+        self.tls_pending = False
+
+    def name(self):
+        return "[%s]:%d" % (self.ip, self.port)
+
+
+class Server:
+    def __init__(self, cfg, spool, users=None, tls_context=None):
+        self.cfg = cfg
+        self.spool = spool
+        self.users = users
+        self.tls = tls_context
+        srv = cfg.server
+        self.hostname = srv.hostname
+        self.policy = Policy(hostname=srv.hostname, max_message_size=srv.max_message_size,
+                             max_recipients=srv.max_recipients, bare_newlines=srv.bare_newlines,
+                             tls_available=tls_context is not None, auth_available=users is not None,
+                             auth_without_tls=srv.auth_without_tls)
+        self.poller = netio.Poller()
+        self.listeners = []
+        self.conns = {}             # id(sock) -> Connection
+        self.to_commit = []         # connections whose DATA ended in this pass
+        self.hooks = []             # callables(now_ms) run once per loop pass
+        self.running = False
+        self.stats = {"received": 0, "rejected": 0, "connections": 0}
+
+    # --- set-up and shutdown -------------------------------------------------
+    def listen(self):
+        for host, port in self.cfg.server.listen:
+            s = netio.listen_socket(host, port)
+            self.listeners.append(s)
+            self.poller.register(s, netio.POLLIN)
+            log.info("listening on %s:%d", host, port)
+
+    def stop(self):
+        self.running = False
+
+    def run(self, max_wait_ms=1000):
+        self.running = True
+        while self.running:
+            self.step(max_wait_ms)
+        self.shutdown()
+
+    def shutdown(self):
+        """421 to every open session, drop unfinished messages, close the spool cleanly."""
+        for c in list(self.conns.values()):
+            if not c.closing:
+                c.out.extend(c.session.shutdown_reply())
+                c.closing = True
+            self._drop_message(c)
+        deadline = compat.ticks_add(compat.ticks_ms(), 2000)
+        while self.conns and compat.ticks_diff(deadline, compat.ticks_ms()) > 0:
+            for c in list(self.conns.values()):
+                self._flush(c)
+            if self.conns:
+                compat.sleep_ms(10)
+        for c in list(self.conns.values()):
+            self._close(c)
+        for s in self.listeners:
+            self.poller.unregister(s)
+            s.close()
+        self.listeners = []
+        self.spool.close()
+        log.info("stopped")
+
+    # --- the loop --------------------------------------------------------------
+    def step(self, max_wait_ms=1000):
+        """One pass: wait for sockets, serve them, commit finished messages, expire idle ones."""
+        for obj, ev in self.poller.poll(self._wait_ms(max_wait_ms)):
+            if obj in self.listeners:
+                self._accept(obj)
+                continue
+            c = self.conns.get(id(obj))
+            if c is None:
+                continue
+            try:
+                if ev & netio.POLLOUT:
+                    self._flush(c)
+                if c.sock is not None and ev & (netio.POLLIN | netio.POLLERR | netio.POLLHUP):
+                    self._read(c)
+            except Exception as e:  # one client's failure never stops the loop
+                log.error("%s: %r; connection closed", c.name(), e)
+                self._drop_message(c)
+                self._close(c)
+        if self.to_commit:
+            self._group_commit()
+        now = compat.ticks_ms()
+        for c in list(self.conns.values()):
+            if c.sock is not None and not c.closing and \
+                    compat.ticks_diff(now, c.last) > self.cfg.server.timeout * 1000:
+                log.info("%s: idle timeout", c.name())
+                c.out.extend(c.session.timeout_reply())
+                c.closing = True
+                self._drop_message(c)
+                self._flush(c)
+        for hook in self.hooks:
+            hook(now)
+
+    def _wait_ms(self, max_wait_ms):
+        return 0 if self.to_commit else max_wait_ms
+
+    def _accept(self, listener):
+        while True:
+            got = netio.accept(listener)
+            if got is None:
+                return
+            sock, peer = got
+            self.stats["connections"] += 1
+            if len(self.conns) >= self.cfg.server.max_connections:
+                log.warning("connect from [%s]:%d refused: %d sessions already", peer[0], peer[1],
+                            len(self.conns))
+                netio.send(sock, R_BUSY % self.hostname.encode())
+                sock.close()
+                continue
+            c = Connection(sock, peer, Session(self.policy), compat.ticks_ms())
+            self.conns[id(sock)] = c
+            self.poller.register(sock, netio.POLLIN)
+            log.info("connect from %s", c.name())
+            c.out.extend(c.session.greeting())
+            self._flush(c)
+
+    def _read(self, c):
+        if not c.session.wants_data() or c.tls_pending:
+            if c.tls_pending:
+                self._tls_handshake(c)
+            return
+        data = netio.recv(c.sock, READ_SIZE)
+        if data is None:
+            return
+        if not data:
+            if c.writer is not None:
+                log.info("%s: lost connection in DATA; message dropped", c.name())
+            self._drop_message(c)
+            self._close(c)
+            return
+        c.last = compat.ticks_ms()
+        c.session.receive(data)
+        self._events(c)
+
+    def _flush(self, c):
+        while c.out and c.sock is not None:
+            n = netio.send(c.sock, c.out)
+            if n == 0:
+                break
+            c.out[:n] = b""
+        if c.sock is None:
+            return
+        if c.closing and not c.out:
+            self._close(c)
+            return
+        want = 0 if c.closing else netio.POLLIN
+        if c.out:
+            want |= netio.POLLOUT
+        self.poller.modify(c.sock, want or netio.POLLOUT)
+
+    def _close(self, c):
+        if c.sock is None:
+            return
+        self.poller.unregister(c.sock)
+        self.conns.pop(id(c.sock), None)
+        try:
+            c.sock.close()
+        except OSError:
+            pass
+        c.sock = None
+        log.info("disconnect from %s", c.name())
+
+    # --- session events ------------------------------------------------------------
+    def _events(self, c):
+        s = c.session
+        while c.sock is not None:
+            ev = s.next_event()
+            if ev is None:
+                break
+            kind = ev[0]
+            if kind == "reply":
+                c.out.extend(ev[1])
+            elif kind == "mail":
+                self._on_mail(c, ev[1], ev[2])
+            elif kind == "rcpt":
+                self._on_rcpt(c, ev[1])
+            elif kind == "data_start":
+                self._on_data_start(c, ev[1], ev[2])
+            elif kind == "body":
+                self._on_body(c, ev[1])
+            elif kind == "data_abort":
+                self._drop_message(c)
+            elif kind == "data_end":
+                self._on_data_end(c)
+            elif kind == "auth":
+                ok = self.users is not None and self.users.check(_text(ev[2]), _text(ev[3]))
+                log.info("%s: AUTH %s user=%s %s", c.name(), _text(ev[1]), _text(ev[2]),
+                         "ok" if ok else "failed")
+                s.auth_result(ok)
+            elif kind == "starttls":
+                self._start_tls(c)
+            elif kind == "close":
+                c.closing = True
+        self._flush(c)
+
+    def _on_mail(self, c, sender, params):
+        size = 0
+        for k, v in params:
+            if k == b"SIZE" and v:
+                try:
+                    size = int(v)
+                except ValueError:
+                    size = 0
+        if not self.spool.can_accept(size):
+            log.warning("%s: MAIL from=<%s> refused: spool full", c.name(), _text(sender))
+            self.stats["rejected"] += 1
+            c.session.reject_mail(R_STORAGE)
+            return
+        c.size_hint = size
+        c.session.accept_mail()
+
+    def _on_rcpt(self, c, addr):
+        domain = _text(addr[addr.rfind(b"@") + 1:]) if b"@" in addr else ""
+        local = _text(addr[:addr.rfind(b"@")]) if b"@" in addr else _text(addr)
+        if local.lower() == "postmaster" and domain.lower() == self.hostname.lower():
+            c.session.accept_rcpt()
+            return
+        trusted = c.session.auth_user or ip_allowed(self.cfg, c.ip)
+        if not trusted or not domain_allowed(self.cfg, domain):
+            log.warning("reject: RCPT from %s: %s <%s>: Relay access denied; auth=%s", c.name(),
+                        R_RELAY[:3].decode(), _text(addr), "yes" if c.session.auth_user else "no")
+            self.stats["rejected"] += 1
+            c.session.reject_rcpt(R_RELAY)
+            return
+        c.session.accept_rcpt()
+
+    def _on_data_start(self, c, sender, rcpts):
+        c.sender = _text(sender)
+        c.rcpts = [_text(r) for r in rcpts]
+        c.failed = None
+        try:
+            c.writer = self.spool.writer(c.sender, c.rcpts, c.size_hint)
+        except SpoolFull:
+            c.failed = R_STORAGE
+            return
+        qid = format_id(c.writer.id)
+        s = c.session
+        received = b"Received: from %s ([%s])\r\n\tby %s (tinymta) with %s id %s%s;\r\n\t%s\r\n" % (
+            bytes(s.helo_name or b"unknown"), c.ip.encode(), self.hostname.encode(), s.protocol(),
+            qid.encode(), (b"\r\n\tfor <" + rcpts[0] + b">") if len(rcpts) == 1 else b"",
+            compat.rfc5322_date(compat.unix_time()).encode())
+        c.fixer = HeaderFixer(received, c.sender, self.hostname, qid, compat.unix_time())
+
+    def _store(self, c, data):
+        if c.writer is None or not data:
+            return
+        try:
+            c.writer.write(data)
+        except SpoolFull:
+            c.failed = R_STORAGE
+            c.writer = None
+        except SpoolError as e:
+            log.error("%s: spool write failed: %s", c.name(), e)
+            c.failed = R_LOCAL_ERROR
+            self._drop_message(c)
+
+    def _on_body(self, c, chunk):
+        if c.writer is not None:
+            self._store(c, c.fixer.feed(chunk))
+
+    def _on_data_end(self, c):
+        if c.writer is not None:
+            self._store(c, c.fixer.finish())
+        if c.writer is None:
+            self._refuse(c, c.failed or R_LOCAL_ERROR)
+            return
+        try:
+            c.writer.commit(False)      # durable at the group commit below
+        except SpoolFull:
+            self._refuse(c, R_STORAGE)
+            return
+        except SpoolError as e:
+            log.error("%s: spool commit failed: %s", c.name(), e)
+            self._refuse(c, R_LOCAL_ERROR)
+            return
+        self.to_commit.append(c)
+
+    def _refuse(self, c, reply):
+        log.warning("%s: from=<%s> to=<%s> refused: %s", c.name(), c.sender, ",".join(c.rcpts), _text(reply))
+        self.stats["rejected"] += 1
+        self._drop_message(c)
+        c.session.message_failed(reply)
+
+    def _group_commit(self):
+        batch, self.to_commit = self.to_commit, []
+        try:
+            self.spool.flush()
+            reply = None
+        except SpoolError as e:
+            log.error("spool sync failed: %s", e)
+            reply = R_LOCAL_ERROR
+        for c in batch:
+            w = c.writer
+            added = c.fixer.added if c.fixer is not None else []
+            c.writer = c.fixer = None
+            if c.sock is None:
+                continue
+            if reply is not None or w.id not in self.spool:
+                self._refuse(c, reply or R_LOCAL_ERROR)
+            else:
+                qid = format_id(w.id)
+                log.info("%s: client=%s, from=<%s>, to=<%s>, size=%d%s, status=queued", qid, c.name(),
+                         c.sender, ",".join(c.rcpts), w.size,
+                         (", added=" + "+".join(added)) if added else "")
+                self.stats["received"] += 1
+                c.session.message_accepted(qid)
+            self._events(c)         # pipelined commands waiting behind the verdict
+
+    def _drop_message(self, c):
+        if c.writer is not None:
+            c.writer.abort()
+        c.writer = None
+        c.fixer = None
+
+    # --- STARTTLS --------------------------------------------------------------
+    def _start_tls(self, c):
+        self._flush_blocking(c)
+        try:
+            c.sock = self.tls.wrap_socket(c.sock, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as e:
+            log.warning("%s: TLS setup failed: %r", c.name(), e)
+            c.closing = True
+            return
+        self.conns[id(c.sock)] = c
+        self.poller.register(c.sock, netio.POLLIN)
+        c.tls_pending = True
+        self._tls_handshake(c)
+
+    def _flush_blocking(self, c, ms=5000):
+        deadline = compat.ticks_add(compat.ticks_ms(), ms)
+        old = c.sock
+        while c.out and compat.ticks_diff(deadline, compat.ticks_ms()) > 0:
+            n = netio.send(old, c.out)
+            c.out[:n] = b""
+            if not n:
+                compat.sleep_ms(5)
+        self.poller.unregister(old)
+        self.conns.pop(id(old), None)
+
+    def _tls_handshake(self, c):
+        try:
+            if hasattr(c.sock, "do_handshake"):
+                c.sock.do_handshake()
+        except OSError as e:
+            if netio._ssl_wants(e):
+                return
+            log.warning("%s: TLS handshake failed: %s", c.name(), e)
+            self._close(c)
+            return
+        c.tls_pending = False
+        c.session.tls_started()
+        log.info("%s: TLS established", c.name())
+        self._events(c)
