@@ -24,7 +24,46 @@ def _build_parser():
     k = ssub.add_parser("cat", help="write one message's stored bytes to standard output")
     k.add_argument("file")
     k.add_argument("id")
+    pw = sub.add_parser("passwd", help="hash a password (read from standard input) into a users-file line")
+    pw.add_argument("--iterations", type=int, default=None, metavar="N",
+                    help="PBKDF2 iterations (default 100000; fewer for slow boards, see tinymta/auth.py)")
+    pw.add_argument("user")
     return p
+
+
+def _read_password():
+    """The password: asked twice without echo on a terminal, else one line of standard input."""
+    if sys.stdin.isatty():
+        import getpass
+        try:
+            first = getpass.getpass("Password: ")
+            again = getpass.getpass("Again: ")
+        except EOFError:
+            raise ValueError("no password given")
+        if again != first:
+            raise ValueError("passwords do not match")
+        return first
+    line = sys.stdin.buffer.readline()
+    if not line:
+        raise ValueError("no password on standard input")
+    try:
+        return line.rstrip(b"\r\n").decode("utf-8")
+    except UnicodeError:
+        raise ValueError("the password on standard input is not valid UTF-8")
+
+
+def _passwd(user, iterations):
+    from tinymta import auth
+    auth.check_username(user)
+    if iterations is None:
+        iterations = auth.DEFAULT_ITERATIONS
+    elif not 1 <= iterations <= auth.MAX_ITERATIONS:
+        raise ValueError("--iterations must be from 1 to %d" % auth.MAX_ITERATIONS)
+    password = _read_password()
+    if not password:
+        raise ValueError("empty password")
+    sys.stdout.write("%s:%s\n" % (user, auth.hash_password(password, iterations)))
+    return 0
 
 
 def main(argv=None):
@@ -34,6 +73,8 @@ def main(argv=None):
         parser.print_help(sys.stderr)
         return 2
     try:
+        if args.command == "passwd":
+            return _passwd(args.user, args.iterations)
         if args.command == "spool":
             from tinymta import spooltool
             if args.spool_command == "check":

@@ -1,4 +1,4 @@
-"""The one place where CPython and MicroPython differ: time, errno, fsync, CRC, sockets, logging.
+"""The one place where CPython and MicroPython differ: time, errno, fsync, CRC, TLS, logging.
 
 Everything else in tinymta imports these names instead of probing the runtime.
 The facts behind each shim were measured on the MicroPython 1.29 unix port
@@ -199,6 +199,76 @@ def random_u32():
     except (AttributeError, NotImplementedError, OSError):
         import random
         return random.getrandbits(32)
+
+
+# --- TLS ------------------------------------------------------------------
+def pem_to_der(pem, label=None):
+    """The DER bytes of the PEM blocks in pem (whose BEGIN label contains label, if given),
+    concatenated; MicroPython's ssl accepts DER only.  ValueError when there is none."""
+    out = b""
+    body = None
+    for line in bytes(pem).split(b"\n"):
+        line = line.strip()
+        if line.startswith(b"-----BEGIN "):
+            body = [] if label is None or label.encode() in line else None
+        elif line.startswith(b"-----END "):
+            if body is not None:
+                out += binascii.a2b_base64(b"".join(body))
+            body = None
+        elif body is not None and b":" not in line:  # skip RFC 1421 headers
+            body.append(line)
+    if not out:
+        raise ValueError("no PEM %s block found" % (label or ""))
+    return out
+
+
+def _read_der(path, label):
+    """A PEM file's DER bytes; a file that is not PEM is taken as DER already (boards)."""
+    f = open(path, "rb")
+    try:
+        data = f.read()
+    finally:
+        f.close()
+    return pem_to_der(data, label) if data.lstrip()[:11] == b"-----BEGIN " else data
+
+
+def server_tls_context(cert_path, key_path):
+    """An SSLContext for the SMTP server side (STARTTLS, implicit TLS) from a certificate
+    file and its private key.  CPython reads PEM files (leaf first, then intermediates).
+    MicroPython reads PEM or DER but sends only the first certificate (verified: no
+    intermediates from DER bytes), so a board needs a certificate its peers trust directly."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if MICROPYTHON:
+        ctx.load_cert_chain(_read_der(cert_path, "CERTIFICATE"), _read_der(key_path, "PRIVATE KEY"))
+    else:
+        ctx.load_cert_chain(cert_path, key_path)
+    return ctx
+
+
+def client_tls_context(ca_file=None, verify=True):
+    """An SSLContext for relaying out.  verify=True always means CERT_REQUIRED plus a host
+    name check (MicroPython defaults to CERT_NONE; it checks the name given as
+    wrap_socket's server_hostname, so always pass one).  ca_file: PEM or DER CA
+    certificates; without it CPython uses the system store and MicroPython, which has
+    none, raises ValueError.  verify=False: encryption without authentication."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if not verify:
+        if not MICROPYTHON:
+            ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if MICROPYTHON and ca_file is None:
+        raise ValueError("TLS verification on MicroPython needs a CA file (there is no system store)")
+    if not MICROPYTHON:
+        ctx.check_hostname = True
+    if ca_file is None:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        ctx.load_verify_locations(cadata=_read_der(ca_file, "CERTIFICATE"))
+    return ctx
 
 
 # --- logging --------------------------------------------------------------
