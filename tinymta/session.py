@@ -1,10 +1,11 @@
 """Sans-IO SMTP server session: client bytes in, replies and events out (RFC 5321 server role).
 
-It holds one connection's SMTP state: command framing (CRLF only, 512-octet lines), the command/
-state table, the envelope, AUTH PLAIN/LOGIN exchanges, the STARTTLS reset, and drives the DATA
-reader (smtpproto.DataReader).  It must not know sockets, clocks, files, the spool, DNS, relay
-rules, passwords, logging or threads: each decision needing them is a *verdict event*, and no
-further input is parsed until the verdict arrives, so pipelined replies stay in order.
+It holds one connection's SMTP state: the command/state table, the envelope, the STARTTLS reset,
+and it drives command framing (smtpdata.take_line: CRLF only, 512-octet lines), the AUTH PLAIN/
+LOGIN exchange (smtpproto.SaslExchange) and the DATA reader (smtpdata.DataReader).  It must not
+know sockets, clocks, files, the spool, DNS, relay rules, passwords, logging or threads: each
+decision needing them is a *verdict event*, and no further input is parsed until the verdict
+arrives, so pipelined replies stay in order.
 
     s = Session(policy)                 a Policy, or any object with its attributes
     s.greeting([refuse_reply]) -> bytes the 220 banner; with e.g. b"554 5.7.1 No service", every
@@ -37,6 +38,7 @@ s.helo_name, s.esmtp, s.tls_active, s.auth_user, s.mail_from, s.mail_params, s.r
 s.protocol() (Received "with"), s.data (the DataReader: size, received, header_bytes).
 """
 from tinymta import smtpproto as P
+from tinymta.smtpdata import BARE, CHUNK, TOO_LONG, DataReader, take_line
 
 # Theory of operation (cf. h11 _state.py).  One state at a time.  _VERBS maps a verb to (handler
 # or fixed reply, states allowing it, 503 text elsewhere).  W-* states await a caller verdict and
@@ -71,6 +73,7 @@ STATE_NAMES = dict((1 << i, n) for i, n in enumerate(("INIT READY MAIL RCPT BODY
                                                      " REFUSED CLOSED").split()))
 _CMD = INIT | READY | MAIL | RCPT
 _AUTH = AUTH_PLAIN | AUTH_USER | AUTH_PASS
+_SASL_STEP = {b"PLAIN": AUTH_PLAIN, b"USER": AUTH_USER, b"PASS": AUTH_PASS}
 _PENDING = {W_MAIL: "mail", W_RCPT: "rcpt", W_DATA: "data", W_AUTH: "auth", W_TLS: "tls"}
 _VERBS = {b"EHLO": ("_hello", _CMD, None), b"HELO": ("_hello", _CMD, None),
           b"MAIL": ("_mail", READY, P.R_NESTED), b"RCPT": ("_rcpt", MAIL | RCPT, P.R_NEED_MAIL),
@@ -80,9 +83,7 @@ _VERBS = {b"EHLO": ("_hello", _CMD, None), b"HELO": ("_hello", _CMD, None),
           b"STARTTLS": ("_starttls", INIT | READY, P.R_IN_TXN), b"AUTH": ("_auth", READY, P.R_IN_TXN)}
 for _v in (b"EXPN", b"TURN", b"ETRN", b"ATRN", b"BDAT", b"SEND", b"SOML", b"SAML"):
     _VERBS[_v] = (P.R_NOT_IMPL, _CMD, None)      # recognised, not offered: 502 (G18, G21, X10)
-CHUNK = P.CHUNK
 _BUF_HIGH = 16384    # wants_data() is False beyond this: more than any legal line
-_TOO_LONG, _BARE = -1, -2
 
 
 class SessionError(Exception):
@@ -118,7 +119,7 @@ class Session:
         self._events = []
         self._discard = False       # dropping the rest of an over-long command line
         self._errors = 0
-        self._mech = self._user = self.data = self.last_error = self.helo_name = self.auth_user = None
+        self._sasl = self.data = self.last_error = self.helo_name = self.auth_user = None
         self.esmtp = self.tls_active = False
         self._reset()
 
@@ -199,8 +200,8 @@ class Session:
             reply = P.R_AUTH_OK if ok else P.R_AUTH_FAIL
         self._ok(P.check_reply(reply, b"2" if ok else b"45"), READY)
         if ok:
-            self.auth_user = self._user
-        self._mech = self._user = None
+            self.auth_user = self._sasl.user
+        self._sasl = None
 
     def tls_started(self):
         self._expect(W_TLS)
@@ -243,46 +244,18 @@ class Session:
             return self._body_step()
         if not st & (_CMD | _AUTH | REFUSED):
             return False
-        line = self._take_line(st & _AUTH)
+        line, self._discard = take_line(self._buf, self._discard, st & _AUTH)
         if line is None:
             return False
-        if line == _TOO_LONG or line == _BARE:
-            self._ok(P.R_TOO_LONG if line == _TOO_LONG else P.R_BARE_CMD, READY if st & _AUTH else st)
+        if line == TOO_LONG or line == BARE:
+            self._ok(P.R_TOO_LONG if line == TOO_LONG else P.R_BARE_CMD, READY if st & _AUTH else st)
         elif st & _AUTH:
-            self._sasl(line)
+            self._sasl_reply(self._sasl.feed(line))
         else:
             self._command(line)
         if self.policy.max_errors and self._errors >= self.policy.max_errors and self.state != CLOSED:
             self._close(P.R_ERRORS)
         return True
-
-    def _take_line(self, sasl):
-        """Next command line without CRLF, None (need bytes), _TOO_LONG or _BARE.  Any LF ends a
-        line, but the line is good only if that LF follows a CR and no other CR is inside (RFC 5321
-        §2.3.8, F1): a bare-LF line gets one error reply, and is never run as a command."""
-        buf = self._buf
-        if self._discard:
-            i = buf.find(b"\n")
-            buf[:(len(buf) if i < 0 else i + 1)] = b""
-            if i < 0:
-                return None
-            self._discard = False
-        verb = bytes(buf[:5]).upper()               # the limit depends on the verb (L1)
-        limit = P.MAIL_LIMIT if verb == b"MAIL " else P.CMD_LIMIT
-        if sasl or verb == b"AUTH ":
-            limit = P.AUTH_LIMIT
-        i = buf.find(b"\n")
-        if i < 0 and len(buf) < limit:
-            return None
-        if i < 0 or i + 1 > limit:          # over the limit: one 500, then drop through the LF
-            buf[:(len(buf) if i < 0 else i + 1)] = b""
-            self._discard = i < 0
-            return _TOO_LONG
-        line = bytes(buf[:i + 1])
-        buf[:i + 1] = b""
-        if i == 0 or line[i - 1] != 13 or line.find(b"\r") < i - 1:
-            return _BARE
-        return line[:-2]
 
     def _command(self, line):
         if P.has_ctl(line):
@@ -320,14 +293,10 @@ class Session:
         self.helo_name, self.esmtp, self.state = arg.split()[0], verb == b"EHLO", READY
         if not self.esmtp:
             return self._reply(b"250 " + self.hostname)
-        size = self.policy.max_message_size
-        lines = [self.hostname, b"PIPELINING", b"SIZE %d" % size if size else b"SIZE", b"8BITMIME",
-                 b"ENHANCEDSTATUSCODES"]
-        if self.policy.tls_available and not self.tls_active:
-            lines.append(b"STARTTLS")
-        if self._auth_allowed():
-            lines.append(b"AUTH PLAIN LOGIN")
-        self._events.append(("reply", P.multiline(b"250", lines + [b"HELP"])))
+        pol = self.policy
+        self._events.append(("reply", P.ehlo_reply(self.hostname, pol.max_message_size,
+                                                   pol.tls_available and not self.tls_active,
+                                                   self._auth_allowed())))
 
     def _mail(self, verb, arg):
         self._envelope_cmd(arg, b"FROM:", P.R_MAIL_SYNTAX, W_MAIL, "mail")
@@ -364,8 +333,8 @@ class Session:
         if self._out_of_sync():
             return
         pol = self.policy
-        self.data = P.DataReader(self._events, pol.max_message_size, pol.max_received,
-                                 pol.bare_newlines == "normalize")
+        self.data = DataReader(self._events, pol.max_message_size, pol.max_received,
+                               pol.bare_newlines == "normalize")
         self._ok(P.R_DATA, BODY)
         self._events.append(("data_start", self.mail_from, list(self.rcpt_to)))
 
@@ -408,7 +377,7 @@ class Session:
         self._events.append(("starttls",))
         self._buf[:] = b""                      # RFC 3207 §4.2: discard pipelined plaintext
 
-    # ---- AUTH (RFC 4954; PLAIN RFC 4616; LOGIN draft-murchison-sasl-login) -------------------
+    # ---- AUTH (RFC 4954; the exchange itself is smtpproto.SaslExchange) -----------------------
     def _auth_allowed(self):
         return self.policy.auth_available and (self.tls_active or self.policy.auth_without_tls)
 
@@ -418,33 +387,14 @@ class Session:
                                else P.R_AUTH_NA)
         if self.auth_user is not None:
             return self._reply(P.R_AUTH_AGAIN)
-        words = arg.split()
-        if not words or len(words) > 2:
-            return self._reply(P.R_SYNTAX)
-        mech = words[0].upper()
-        if mech != b"PLAIN" and mech != b"LOGIN":
-            return self._reply(P.R_AUTH_MECH)
-        self._mech, step = mech, (AUTH_PLAIN if mech == b"PLAIN" else AUTH_USER)
-        if len(words) == 2:
-            return self._sasl_response(words[1], step)
-        self._ok(P.R_AUTH_EMPTY if step == AUTH_PLAIN else P.R_AUTH_USER, step)
+        self._sasl = P.SaslExchange()
+        self._sasl_reply(self._sasl.start(arg))
 
-    def _sasl(self, line):
-        if line == b"*":
-            return self._ok(P.R_AUTH_CANCEL, READY)
-        self._sasl_response(line, self.state)
-
-    def _sasl_response(self, text, step):
-        data = P.b64decode(text)
-        if data is None:
-            return self._ok(P.R_AUTH_B64, READY)
-        if step == AUTH_USER:
-            self._user = data
-            return self._ok(P.R_AUTH_PASS, AUTH_PASS)
-        if step == AUTH_PLAIN:                  # [authzid] NUL authcid NUL passwd
-            parts = data.split(b"\0")
-            if len(parts) != 3 or not parts[1] or (parts[0] and parts[0] != parts[1]):
-                return self._ok(P.R_AUTH_FAIL if len(parts) == 3 else P.R_AUTH_B64, READY)
-            self._user, data = parts[1], parts[2]
-        self.state = W_AUTH
-        self._events.append(("auth", self._mech, self._user, data))
+    def _sasl_reply(self, text):
+        """A 334 keeps the exchange going (AUTH-PLAIN, -USER, -PASS), a refusal ends it, None
+        (credentials complete) awaits the caller's verdict."""
+        x = self._sasl
+        if text is None:
+            self.state = W_AUTH
+            return self._events.append(("auth", x.mech, x.user, x.secret))
+        self._ok(text, _SASL_STEP[x.step] if text[:4] == b"334 " else READY)

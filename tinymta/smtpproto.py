@@ -1,24 +1,19 @@
-"""SMTP grammar for the server session: reply texts, paths, ESMTP parameters, SASL base64, and
-DataReader, the DATA content reader (framing, transparency, bare CR/LF, limits).
+"""SMTP grammar for the server session: reply texts, paths, ESMTP parameters, the EHLO reply, and
+SaslExchange, the AUTH PLAIN/LOGIN sub-dialogue (line framing and the DATA reader: smtpdata).
 
 Pure functions over ``bytes`` (RFC 5321 §4.1.2 grammar, RFC 1870/6152/4954 parameters, RFC 4648
-base64) plus one sans-IO class.  Nothing here knows sockets, clocks, files, the spool, relay policy
-or the session's command state.  MicroPython-clean: no ``re``, no recursion, no keyword arguments to
-builtin methods, no ``int in bytearray`` (byte classes are 256-entry lookup tables).
+base64) plus one sans-IO class.  Nothing here knows sockets, clocks, files, the spool, relay policy,
+passwords or the session's command state.  MicroPython-clean: no ``re``, no recursion, no keyword
+arguments to builtin methods, no ``int in bytearray`` (byte classes are 256-entry lookup tables).
 """
 import binascii
 
 CRLF = b"\r\n"
 
-# Limits (RFC 5321 §4.5.3.1): command line 512 octets incl. CRLF, +26 for SIZE= and +500 for
-# AUTH= on MAIL (RFC 1870 §3, RFC 4954 §5); SASL lines up to 12288 octets (RFC 4954 §4).
-CMD_LIMIT = 512
-MAIL_LIMIT = 512 + 26 + 500
-AUTH_LIMIT = 12288
+# Path limits (RFC 5321 §4.5.3.1); line-length limits are with the framing, in smtpdata.
 LOCAL_MAX = 64
 DOMAIN_MAX = 255
 PATH_MAX = 256
-TEXT_LINE_MAX = 998          # body line, excluding CRLF (RFC 5321 §4.5.3.1.6, RFC 5322 §2.1.1)
 
 # Reply texts (protocol.md §2.4).  Every 2xx/4xx/5xx carries an enhanced code (RFC 2034) except
 # the greeting and the HELO/EHLO replies; 3xx carry none.  No CRLF: the session adds it.
@@ -114,6 +109,17 @@ def multiline(code, lines):
     """``code`` (b"250") and a list of texts -> ``250-a\\r\\n250-b\\r\\n250 c\\r\\n``."""
     last = len(lines) - 1
     return b"".join(code + (b"-" if i < last else b" ") + lines[i] + CRLF for i in range(len(lines)))
+
+
+def ehlo_reply(hostname, max_size, starttls, auth):
+    """The 250 EHLO reply as wire bytes: the extensions offered (never CHUNKING, DSN, SMTPUTF8)."""
+    lines = [hostname, b"PIPELINING", b"SIZE %d" % max_size if max_size else b"SIZE", b"8BITMIME",
+             b"ENHANCEDSTATUSCODES"]
+    if starttls:
+        lines.append(b"STARTTLS")
+    if auth:
+        lines.append(b"AUTH PLAIN LOGIN")
+    return multiline(b"250", lines + [b"HELP"])
 
 
 def check_reply(text, allowed):
@@ -353,93 +359,42 @@ def b64decode(s):
         return None
 
 
-WINDOW = 1024      # body octets examined per step: more than a legal 1000-octet text line
-CHUNK = 4096       # ("body", chunk) size; only the last chunk of a message is shorter
+class SaslExchange:
+    """One AUTH exchange, server side (RFC 4954; PLAIN RFC 4616; LOGIN draft-murchison-sasl-login),
+    sans-IO.  ``start(arg)`` takes the AUTH argument (mechanism [initial-response]), ``feed(line)``
+    each later response line ("*" cancels).  Each returns a reply text: a 334 challenge (``step``,
+    b"PLAIN" | b"USER" | b"PASS", names the response awaited), a refusal (the exchange is over), or
+    None: ``mech``, ``user`` and ``secret`` are complete, for the caller to check."""
 
+    def __init__(self):
+        self.mech = self.user = self.secret = self.step = None
 
-class DataReader:
-    """DATA content after the 354 (RFC 5321 §4.1.1.4, §4.5.2; protocol.md §1.12), sans-IO.
+    def start(self, arg):
+        words = arg.split()
+        if not words or len(words) > 2:
+            return R_SYNTAX
+        mech = words[0].upper()
+        if mech != b"PLAIN" and mech != b"LOGIN":
+            return R_AUTH_MECH
+        self.mech, self.step = mech, (b"PLAIN" if mech == b"PLAIN" else b"USER")
+        if len(words) == 2:
+            return self._response(words[1])     # an initial response "*" is bad base64, not a cancel
+        return R_AUTH_EMPTY if self.step == b"PLAIN" else R_AUTH_USER
 
-    ``step(buf, p)`` handles one line of ``buf`` from offset ``p`` (or a WINDOW piece of a longer
-    line) and returns the offset after it, or -1 when the next byte must be seen first.  A line ends
-    at CRLF, a bare LF or a bare CR; only CRLF is real.  DATA ends at the first raw CRLF.CRLF whose
-    first CRLF ends the DATA command or a line (SM1): nothing else, in either bare_newlines mode, so
-    no bare-CR/LF variant can end it early.  Decisions use whole lines or full windows, so any
-    split of the input yields the same events.  It appends ("body", chunk) and ("data_abort",)
-    to ``events``; after ``done``, ``refusal`` is None (all body chunks appended) or the reply.
-    ``size`` counts stored octets (unstuffed, CRLF lines), ``received`` the Received: fields of
-    the header section, ``header_bytes`` its length with the empty line (None if none).
-    """
+    def feed(self, line):
+        return R_AUTH_CANCEL if line == b"*" else self._response(line)
 
-    def __init__(self, events, max_size, max_received, normalize):
-        self.events, self.max_size, self.max_received = events, max_size, max_received
-        self.normalize = normalize              # bare CR/LF -> CRLF; else the message is refused
-        self.done, self.refusal, self.header_bytes = False, None, None
-        self.size = self.received = self._linelen = 0
-        self._bol = self._prev_crlf = self._in_headers = True
-        self._out = bytearray()
-
-    def step(self, buf, p):
-        n = len(buf) - p
-        w = p + (WINDOW if n > WINDOW else n)
-        lf = buf.find(b"\n", p, w)
-        cr = buf.find(b"\r", p, lf if lf >= 0 else w)
-        if cr >= 0:
-            if cr + 1 >= len(buf):
-                return -1                       # CRLF or a bare CR?  wait for the next byte
-            real = buf[cr + 1] == 10
-            end, term = cr, (2 if real else 1)
-        elif lf >= 0:
-            end, term, real = lf, 1, False
-        elif n >= WINDOW:
-            end, term, real = w, 0, False
-        else:
-            return -1
-        content = bytes(buf[p:end])
-        if self._bol and term == 2 and self._prev_crlf and content == b".":
-            self.done = True
-            if self.refusal is None and self._out:
-                self.events.append(("body", bytes(self._out)))
-            self._out = bytearray()
-        else:
-            self._line(content, term, real)
-        return end + term
-
-    def _line(self, content, term, real):
-        if self._bol:
-            self._linelen = 0
-            if content[:1] == b".":
-                content = content[1:]           # transparency: drop the stuffed dot
-            if self._in_headers:
-                if term and not content:
-                    self._in_headers = False
-                    self.header_bytes = self.size + 2
-                elif content[:9].lower() == b"received:":
-                    self.received += 1
-                    if self.received > self.max_received:
-                        self._refuse(R_HOPS)
-        self._linelen += len(content)
-        if self._linelen > TEXT_LINE_MAX:
-            self._refuse(R_LONG_LINE)
-        if term and not real and not self.normalize:
-            self._refuse(R_BARE_DATA)
-        self._bol = term != 0
-        if term:
-            self._prev_crlf = real
-            content += CRLF
-        if self.refusal is not None:
-            return
-        self.size += len(content)
-        if self.max_size and self.size > self.max_size:
-            return self._refuse(R_TOO_BIG)
-        out = self._out
-        out += content
-        while len(out) >= CHUNK:
-            self.events.append(("body", bytes(out[:CHUNK])))
-            out[:CHUNK] = b""
-
-    def _refuse(self, text):
-        if self.refusal is None:
-            self.refusal = text
-            self._out = bytearray()
-            self.events.append(("data_abort",))
+    def _response(self, text):
+        data = b64decode(text)
+        if data is None:
+            return R_AUTH_B64
+        if self.step == b"USER":
+            self.user, self.step = data, b"PASS"
+            return R_AUTH_PASS
+        if self.step == b"PLAIN":               # [authzid] NUL authcid NUL passwd
+            parts = data.split(b"\0")
+            if len(parts) != 3 or not parts[1] or (parts[0] and parts[0] != parts[1]):
+                return R_AUTH_FAIL if len(parts) == 3 else R_AUTH_B64
+            self.user, data = parts[1], parts[2]
+        self.secret = data
+        return None
