@@ -10,10 +10,20 @@ import sys
 from tinymta import __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error the rest of the CLI gives (exit status 2)."""
+
+    def error(self, message):
+        sys.stderr.write("tinymta: %s (see %s --help)\n" % (message, self.prog))
+        sys.exit(2)
+
+
 def _build_parser():
-    p = argparse.ArgumentParser(prog="tinymta", description="An embedded MTA for single-board computers.")
+    p = _Parser(prog="tinymta", description="An embedded MTA for single-board computers.")
     p.add_argument("--version", action="version", version="tinymta " + __version__)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sv = sub.add_parser("serve", help="run the MTA (the defaults of DESIGN.md without -c)")
+    sv.add_argument("-c", "--config", metavar="FILE", help="TOML (or JSON) configuration file")
     sp = sub.add_parser("spool", help="inspect a spool file offline")
     ssub = sp.add_subparsers(dest="spool_command", metavar="ACTION")
     c = ssub.add_parser("check", help="verify every live message; exit 1 when damage is found")
@@ -73,6 +83,13 @@ def main(argv=None):
         parser.print_help(sys.stderr)
         return 2
     try:
+        if args.command == "serve":
+            from tinymta.mta import serve, StartupError
+            try:
+                return serve(args.config)
+            except StartupError as e:
+                sys.stderr.write("tinymta: %s\n" % e)
+                return 2
         if args.command == "passwd":
             return _passwd(args.user, args.iterations)
         if args.command == "spool":
