@@ -1,0 +1,149 @@
+"""Run a real tinymta as a child process for tests: write its config, start it, wait for READY, stop it.
+
+    with MTA(tmp_path, server={...}, spool={...}) as mta:      # CPython: python -m tinymta serve -c
+        mta.port, mta.spool_path, mta.log()                     # ...
+    with MTA(tmp_path, runtime="micropython") as mta: ...       # micropython -m tinymta serve -c x.json
+
+Ports are chosen by the test (MicroPython cannot bind port 0 and report it).  The child is
+stopped with SIGTERM (or killed with mta.kill()) and always reaped; nothing outlives the test.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MICROPYTHON = shutil.which("micropython") or os.path.join(os.path.dirname(sys.executable), "micropython")
+
+
+def free_port(host="127.0.0.1"):
+    s = socket.socket()
+    s.bind((host, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class MTA:
+    def __init__(self, tmp, runtime="cpython", server=None, spool=None, relay=None, console=None,
+                 log_level="info", heap="2M"):
+        self.tmp = str(tmp)
+        self.runtime = runtime
+        self.port = free_port()
+        self.spool_path = os.path.join(self.tmp, "tinymta.spool")
+        cfg = {"server": {"listen": ["127.0.0.1:%d" % self.port], "hostname": "mta.test"},
+               "spool": {"path": self.spool_path},
+               "console": {"socket": os.path.join(self.tmp, "tinymta.sock")},
+               "log": {"level": log_level}}
+        for name, extra in (("server", server), ("spool", spool), ("relay", relay), ("console", console)):
+            if extra:
+                cfg.setdefault(name, {}).update(extra)
+        if runtime == "micropython":    # small spool and sectors, as on a board
+            cfg["spool"].setdefault("size", "1M")
+            cfg["spool"].setdefault("sector_size", 4096)
+            cfg["spool"].setdefault("prog_unit", 256)
+            cfg["server"].setdefault("max_message_size", "256K")
+        self.config = cfg
+        self.config_path = os.path.join(self.tmp, "tinymta.json")
+        self.heap = heap
+        self.proc = None
+        self.log_path = os.path.join(self.tmp, "tinymta.log")
+
+    def command(self):
+        if self.runtime == "micropython":
+            return [MICROPYTHON, "-X", "heapsize=" + self.heap, "-m", "tinymta", "serve", "-c", self.config_path]
+        return [sys.executable, "-m", "tinymta", "serve", "-c", self.config_path]
+
+    def start(self, timeout=20):
+        with open(self.config_path, "w") as f:
+            json.dump(self.config, f)
+        env = dict(os.environ, PYTHONPATH=ROOT, MICROPYPATH=ROOT + ":.frozen")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.command(), cwd=self.tmp, env=env, stdout=subprocess.PIPE,
+                                     stderr=self._log, stdin=subprocess.DEVNULL)
+        deadline = time.time() + timeout
+        line = b""
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if line.strip() == b"READY" or not line:
+                break
+        if line.strip() != b"READY":
+            self.stop()
+            raise RuntimeError("tinymta did not start: %r\n%s" % (line, self.log()))
+        return self
+
+    def log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout=10):
+        """SIGTERM and wait; returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self._log.close()
+        rc, self.proc = self.proc.returncode, None
+        return rc
+
+    def kill(self):
+        """SIGKILL: a crash, as far as the spool can tell."""
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+        self._log.close()
+        self.proc = None
+
+    def spool(self):
+        """The spool as a stopped tinymta would find it (read-only mount)."""
+        from tinymta.blockdev import FileBlockDevice
+        from tinymta.spool import Spool
+        sc = self.config["spool"]
+        from tinymta.config import from_dict
+        cfg = from_dict(self.config)
+        dev = FileBlockDevice(self.spool_path, size=cfg.spool.size, block_size=cfg.spool.sector_size,
+                              prog_unit=cfg.spool.prog_unit, create=False, readonly=True)
+        del sc
+        return Spool(dev, readonly=True)
+
+    def messages(self):
+        """[(sender, [recipients], body bytes)] in arrival order."""
+        sp = self.spool()
+        out = [(m.sender, m.all_recipients, b"".join(sp.read(m.id))) for m in sp.messages()]
+        sp.dev.close()
+        return out
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def strip_added(body):
+    """The message as the client sent it, when it had Date, Message-ID and From: without the Received field."""
+    head_end = body.find(b"\r\n\r\n")
+    head, rest = body[:head_end + 2], body[head_end + 2:]
+    lines, out, skip = head.split(b"\r\n"), [], False
+    for i, line in enumerate(lines):
+        if line[:1] in (b" ", b"\t"):
+            if skip:
+                continue
+        else:
+            skip = line.lower().startswith(b"received:") and i == 0
+        if not skip:
+            out.append(line)
+    return b"\r\n".join(out) + rest
