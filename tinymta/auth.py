@@ -20,6 +20,8 @@ import binascii
 import hashlib
 import os
 
+from tinymta import compat
+
 SCHEME = "pbkdf2-sha256"
 DEFAULT_ITERATIONS = 100000
 MAX_ITERATIONS = 10000000
@@ -158,14 +160,9 @@ def check_username(user):
 def load_users(path):
     """{user: hash string} from a users file; AuthFileError 'PATH:LINE: reason' on any fault."""
     try:
-        f = open(path, "rb")
-        try:
-            data = f.read()
-        finally:
-            f.close()
+        data = compat.read_file(path)
     except OSError as e:
-        why = {2: "no such file", 13: "permission denied", 21: "is a directory"}.get(getattr(e, "errno", 0))
-        raise AuthFileError("%s: cannot read: %s" % (path, why or " ".join(str(e).split())))
+        raise AuthFileError("%s: cannot read: %s" % (path, compat.os_error_text(e)))
     users = {}
     first = {}
     lineno = 0

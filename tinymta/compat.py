@@ -183,6 +183,23 @@ def file_size(path):
         raise
 
 
+_OS_ERROR_TEXT = {2: "no such file", 13: "permission denied", 20: "not a directory", 21: "is a directory"}
+
+
+def read_file(path):
+    """A small file's whole contents (config, users, certificates); OSError on failure."""
+    f = open(path, "rb")
+    try:
+        return f.read()
+    finally:
+        f.close()
+
+
+def os_error_text(e):
+    """A short reason for an OSError, the same words on both runtimes ('no such file', ...)."""
+    return _OS_ERROR_TEXT.get(oserror_errno(e)) or " ".join(str(e).split())
+
+
 # --- bytes ----------------------------------------------------------------
 def decode_utf8_replace(b):
     """bytes -> str without ever raising (MicroPython ignores decode's errors argument)."""

@@ -40,6 +40,7 @@ Rules across keys
 """
 import json
 
+from tinymta import compat
 from tinymta.compat import MICROPYTHON
 from tinymta.netaddr import (HOSTCHARS as _HOSTCHARS, format_hostport, format_ip,  # noqa: F401
                              in_networks, parse_cidr, parse_hostport, parse_ip)  # (re-exported)
@@ -379,9 +380,6 @@ def _one_line(e):
     return " ".join(str(e).split())
 
 
-_OS_ERRORS = {2: "no such file", 13: "permission denied", 20: "not a directory", 21: "is a directory"}
-
-
 def load(path=None):
     """Load and validate a .toml or .json config file; None gives the defaults."""
     if path is None:
@@ -390,13 +388,9 @@ def load(path=None):
     if not toml and not path.lower().endswith(".json"):
         raise ConfigError("%s: unknown config format: the name must end in .toml or .json" % path)
     try:
-        f = open(path, "rb")
-        try:
-            data = f.read()
-        finally:
-            f.close()
+        data = compat.read_file(path)
     except OSError as e:
-        raise ConfigError("%s: cannot read: %s" % (path, _OS_ERRORS.get(getattr(e, "errno", None)) or _one_line(e)))
+        raise ConfigError("%s: cannot read: %s" % (path, compat.os_error_text(e)))
     try:
         text = data.decode("utf-8")
     except UnicodeError:
