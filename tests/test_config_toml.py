@@ -178,7 +178,7 @@ MESSAGES = [
     ("[spool]\nsize = '5000K'", "spool.size: must be a multiple of spool.sector_size (65536) and at least 4 sectors,"
      " got 5120000"),
     ("[spool]\nsector_size = '6000'", "spool.sector_size: must be a power of two and a multiple of spool.prog_unit (4096), got 6000"),
-    ("[spool]\nprog_unit = 100", "spool.prog_unit: must be a power of two, got 100"),
+    ("[spool]\nprog_unit = 100", "spool.prog_unit: must be a power of two of at most 65536, got 100"),
     ("[relay]\nmode = 'direct'", 'relay.mode: must be one of "mx", "smarthost", got "direct"'),
     ("[relay]\nmode = 'smarthost'", 'relay.smarthost: required when relay.mode is "smarthost"'),
     ("[relay]\nsmarthost = 'relay.lan:587'", 'relay.smarthost: only used when relay.mode is "smarthost" (it is "mx")'),

@@ -323,8 +323,8 @@ def _check_across(cfg, source):
         fail("server.auth_users_file", "AUTH is only offered over TLS: set server.tls_cert and"
              " server.tls_key, or server.auth_without_tls = true")
     pu, ss, size = sp.prog_unit, sp.sector_size, sp.size
-    if pu & (pu - 1):
-        fail("spool.prog_unit", "must be a power of two, got %d" % pu)
+    if pu & (pu - 1) or pu > 65536:
+        fail("spool.prog_unit", "must be a power of two of at most 65536, got %d" % pu)
     if ss % pu or ss & (ss - 1):
         fail("spool.sector_size", "must be a power of two and a multiple of spool.prog_unit (%d), got %d"
              % (pu, ss))

@@ -396,8 +396,9 @@ class Spool:
 def _write_format(dev, unit, first_seq, wipe):
     """Write an empty spool: sector headers cleared (wipe: every sector; else sector 0), then one header."""
     n, e = dev.ioctl(4, 0), dev.ioctl(5, 0) or 512
-    if unit > e or e % unit:
-        raise FormatError("program unit %d does not divide the %d-byte sector" % (unit, e))
+    if unit > e or e % unit or unit > 65536 or unit & (unit - 1):
+        raise FormatError("program unit %d must be a power of two of at most 65536 dividing the %d-byte sector"
+                          % (unit, e))
     gap = fmt.pad_length(fmt.SECTOR_HDR, unit)
     length = -(-(fmt.SECTOR_HDR + gap) // unit) * unit
     buf = bytearray(b"\xff" * length)

@@ -326,7 +326,8 @@ def test_spool_geometry():
     sp = from_dict({"spool": {"size": "256K", "sector_size": 4096, "prog_unit": 256},
                     "server": {"max_message_size": "150K"}}).spool
     assert (sp.size, sp.sector_size, sp.prog_unit) == (262144, 4096, 256)
-    assert "spool.prog_unit: must be a power of two, got 3000" in _err({"spool": {"prog_unit": 3000}})
+    assert "spool.prog_unit: must be a power of two of at most 65536, got 3000" in _err({"spool": {"prog_unit": 3000}})
+    assert "at most 65536, got 131072" in _err({"spool": {"prog_unit": 131072, "sector_size": 262144}})
     assert "spool.sector_size: must be a power of two and a multiple of spool.prog_unit (4096), got 6000" \
         in _err({"spool": {"sector_size": 6000}})
     assert "spool.size: must be a multiple of spool.sector_size (65536)" in _err({"spool": {"size": 4194305}})
