@@ -23,6 +23,7 @@ log = compat.get_logger("smtpd")
 R_STORAGE = b"452 4.3.1 Insufficient system storage"
 R_LOCAL_ERROR = b"451 4.3.0 Local error in processing; try again later"
 R_RELAY = b"550 5.7.1 Relay access denied"
+R_NOT_FQDN = b"550 5.1.2 Recipient address rejected: need a fully-qualified domain"
 R_BUSY = b"421 4.7.0 %s Too many connections, try again later\r\n"
 READ_SIZE = 16384
 
@@ -268,6 +269,11 @@ class Server:
         local = _text(addr[:addr.rfind(b"@")]) if b"@" in addr else _text(addr)
         if local.lower() == "postmaster" and domain.lower() == self.hostname.lower():
             c.session.accept_rcpt()
+            return
+        if "." not in domain and not domain.startswith("["):   # never guess a domain (RFC 5321 §5.1)
+            log.warning("reject: RCPT from %s: <%s>: not a fully-qualified domain", c.name(), _text(addr))
+            self.stats["rejected"] += 1
+            c.session.reject_rcpt(R_NOT_FQDN)
             return
         trusted = c.session.auth_user or ip_allowed(self.cfg, c.ip)
         if not trusted or not domain_allowed(self.cfg, domain):
