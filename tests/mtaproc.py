@@ -84,11 +84,12 @@ class MTA:
             return ""
 
     def stop(self, timeout=10):
-        """SIGTERM and wait; returns the exit status."""
+        """Stop cleanly and wait; returns the exit status.  SIGTERM on CPython; SIGINT on
+        MicroPython, which has no signal handlers (SIGTERM would end it like a power cut)."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGINT if self.runtime == "micropython" else signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -60,6 +60,9 @@ def build(cfg, spool=None):
 
 
 def _install_signals(srv):
+    """SIGTERM and SIGINT stop the loop between passes (CPython).  MicroPython has no signal
+    module: there SIGINT arrives as KeyboardInterrupt, and SIGTERM ends the process at once,
+    which the spool survives like a power cut."""
     try:
         import signal
     except ImportError:
@@ -89,8 +92,9 @@ def serve(path=None):
     _install_signals(srv)
     try:
         srv.run()
-    except KeyboardInterrupt:       # MicroPython delivers SIGINT this way
-        srv.shutdown()
+    except KeyboardInterrupt:       # MicroPython delivers SIGINT this way (it has no signal module)
+        log.info("interrupted: stopping")
+        srv.shutdown(True)
     return 0
 
 

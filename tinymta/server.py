@@ -91,12 +91,20 @@ class Server:
             self.step(max_wait_ms)
         self.shutdown()
 
-    def shutdown(self):
-        """421 to every open session, drop unfinished messages, close the spool cleanly."""
+    def shutdown(self, interrupted=False):
+        """421 to every open session, drop unfinished messages, close the spool cleanly.
+
+        interrupted: the loop was broken off at an arbitrary point (MicroPython's SIGINT is a
+        KeyboardInterrupt).  The spool's RAM state may then be mid-append, so it is not written
+        to again; everything acknowledged is durable already and pending ACKs only mean a
+        duplicate delivery, as after a power cut.
+        """
         for c in list(self.conns.values()):
             if not c.closing:
                 c.out.extend(c.session.shutdown_reply())
                 c.closing = True
+            if interrupted:
+                c.writer = None
             self._drop_message(c)
         deadline = compat.ticks_add(compat.ticks_ms(), 2000)
         while self.conns and compat.ticks_diff(deadline, compat.ticks_ms()) > 0:
@@ -110,7 +118,8 @@ class Server:
             self.poller.unregister(s)
             s.close()
         self.listeners = []
-        self.spool.close()
+        if not interrupted:
+            self.spool.close()
         log.info("stopped")
 
     # --- the loop --------------------------------------------------------------
