@@ -25,11 +25,16 @@ def open_spool(cfg):
     sc = cfg.spool
     try:
         dev = FileBlockDevice(sc.path, size=sc.size, block_size=sc.sector_size, prog_unit=sc.prog_unit)
-        return Spool(dev)
-    except (BlockDeviceError, SpoolError) as e:
-        raise StartupError("spool %s: %s" % (sc.path, e))
+    except BlockDeviceError as e:
+        raise StartupError(str(e))            # names the file already
     except OSError as e:
-        raise StartupError("spool %s: %s" % (sc.path, e))
+        raise StartupError("spool %s: %s" % (sc.path, compat.os_error_text(e)))
+    try:
+        return Spool(dev)
+    except SpoolError as e:
+        dev.close()
+        raise StartupError("spool %s: %s (spool.sector_size is %d, spool.prog_unit %d)"
+                           % (sc.path, e, sc.sector_size, sc.prog_unit))
 
 
 def build(cfg, spool=None):
@@ -49,13 +54,18 @@ def build(cfg, spool=None):
             tls = compat.server_tls_context(srv_cfg.tls_cert, srv_cfg.tls_key)
         except (OSError, ValueError) as e:
             raise StartupError("TLS certificate %s / key %s: %s" % (srv_cfg.tls_cert, srv_cfg.tls_key, e))
-    srv = Server(cfg, spool or open_spool(cfg), users, tls)
-    try:
+    srv = Server(cfg, None, users, tls)
+    try:                            # the port first: a busy port must not create a spool file
         srv.listen()
     except OSError as e:
-        srv.spool.close()
+        srv.close_listeners()
         raise StartupError("cannot listen on %s: %s" % (
-            " ".join("%s:%d" % a for a in srv_cfg.listen), e))
+            " ".join("%s:%d" % a for a in srv_cfg.listen), compat.os_error_text(e)))
+    try:
+        srv.spool = spool or open_spool(cfg)
+    except StartupError:
+        srv.close_listeners()
+        raise
     return srv
 
 
@@ -82,8 +92,8 @@ def serve(path=None):
         raise StartupError(str(e))
     compat.set_log_level(cfg.log.level)
     srv = build(cfg)
-    log.info("tinymta ready: spool %s (%d messages), hostname %s", cfg.spool.path, len(srv.spool),
-             cfg.server.hostname)
+    log.info("tinymta ready: listening on %s, spool %s (%d messages), hostname %s",
+             " ".join("%s:%d" % a for a in cfg.server.listen), cfg.spool.path, len(srv.spool), cfg.server.hostname)
     sys.stdout.write("READY\n")     # readiness line for supervisors and tests
     try:
         sys.stdout.flush()

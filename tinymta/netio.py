@@ -64,6 +64,16 @@ def accept(listener):
     return conn, peer_of(addr)
 
 
+def wakeup_pair():
+    """A connected non-blocking socket pair to wake poll() from a signal handler, or None."""
+    if not hasattr(socket, "socketpair"):
+        return None                 # MicroPython: no signal handlers to wake it from anyway
+    r, w = socket.socketpair()
+    r.setblocking(False)
+    w.setblocking(False)
+    return r, w
+
+
 def _ssl_wants(e):
     return type(e).__name__ in ("SSLWantReadError", "SSLWantWriteError")
 

@@ -73,6 +73,9 @@ class Server:
         self.hooks = []             # callables(now_ms) run once per loop pass
         self.running = False
         self.stats = {"received": 0, "rejected": 0, "connections": 0}
+        self._wake = netio.wakeup_pair()    # stop() from a signal handler ends a poll() at once
+        if self._wake is not None:
+            self.poller.register(self._wake[0], netio.POLLIN)
 
     # --- set-up and shutdown -------------------------------------------------
     def listen(self):
@@ -80,10 +83,17 @@ class Server:
             s = netio.listen_socket(host, port)
             self.listeners.append(s)
             self.poller.register(s, netio.POLLIN)
-            log.info("listening on %s:%d", host, port)
 
     def stop(self):
         self.running = False
+        if self._wake is not None:
+            netio.send(self._wake[1], b"x")
+
+    def close_listeners(self):
+        for s in self.listeners:
+            self.poller.unregister(s)
+            s.close()
+        self.listeners = []
 
     def run(self, max_wait_ms=1000):
         self.running = True
@@ -114,10 +124,12 @@ class Server:
                 compat.sleep_ms(10)
         for c in list(self.conns.values()):
             self._close(c)
-        for s in self.listeners:
-            self.poller.unregister(s)
-            s.close()
-        self.listeners = []
+        self.close_listeners()
+        if self._wake is not None:
+            self.poller.unregister(self._wake[0])
+            self._wake[0].close()
+            self._wake[1].close()
+            self._wake = None
         if not interrupted:
             self.spool.close()
         log.info("stopped")
@@ -126,6 +138,9 @@ class Server:
     def step(self, max_wait_ms=1000):
         """One pass: wait for sockets, serve them, commit finished messages, expire idle ones."""
         for obj, ev in self.poller.poll(self._wait_ms(max_wait_ms)):
+            if self._wake is not None and obj is self._wake[0]:
+                netio.recv(obj, 64)
+                continue
             if obj in self.listeners:
                 self._accept(obj)
                 continue
@@ -183,7 +198,12 @@ class Server:
             if c.tls_pending:
                 self._tls_handshake(c)
             return
-        data = netio.recv(c.sock, READ_SIZE)
+        try:
+            data = netio.recv(c.sock, READ_SIZE)
+        except OSError as e:
+            if compat.oserror_errno(e) not in (compat.ECONNRESET, compat.ETIMEDOUT, compat.EPIPE):
+                raise
+            data = b""                  # the client reset the connection: same as a close
         if data is None:
             return
         if not data:
