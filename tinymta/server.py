@@ -14,22 +14,15 @@ where mail goes next (relay).
 """
 from tinymta import compat, netio
 from tinymta.config import ip_allowed, domain_allowed
-from tinymta.fixup import HeaderFixer
+from tinymta.intake import Intake, R_STORAGE, R_LOCAL_ERROR, text as _text
 from tinymta.session import Session, Policy
-from tinymta.spoolfmt import SpoolError, SpoolFull, format_id
 
 log = compat.get_logger("smtpd")
 
-R_STORAGE = b"452 4.3.1 Insufficient system storage"
-R_LOCAL_ERROR = b"451 4.3.0 Local error in processing; try again later"
 R_RELAY = b"550 5.7.1 Relay access denied"
 R_NOT_FQDN = b"550 5.1.2 Recipient address rejected: need a fully-qualified domain"
 R_BUSY = b"421 4.7.0 %s Too many connections, try again later\r\n"
 READ_SIZE = 16384
-
-
-def _text(b):
-    return compat.decode_utf8_replace(b)
 
 
 class Connection:
@@ -54,7 +47,7 @@ class Connection:
         return "[%s]:%d" % (self.ip, self.port)
 
 
-class Server:
+class Server(Intake):
     def __init__(self, cfg, spool, users=None, tls_context=None):
         self.cfg = cfg
         self.spool = spool
@@ -312,94 +305,6 @@ class Server:
             c.session.reject_rcpt(R_RELAY)
             return
         c.session.accept_rcpt()
-
-    def _on_data_start(self, c, sender, rcpts):
-        c.sender = _text(sender)
-        c.rcpts = [_text(r) for r in rcpts]
-        c.failed = None
-        try:
-            c.writer = self.spool.writer(c.sender, c.rcpts, c.size_hint)
-        except SpoolFull:
-            c.failed = R_STORAGE
-            return
-        qid = format_id(c.writer.id)
-        s = c.session
-        received = b"Received: from %s ([%s])\r\n\tby %s (tinymta) with %s id %s%s;\r\n\t%s\r\n" % (
-            bytes(s.helo_name or b"unknown"), c.ip.encode(), self.hostname.encode(), s.protocol(),
-            qid.encode(), (b"\r\n\tfor <" + rcpts[0] + b">") if len(rcpts) == 1 else b"",
-            compat.rfc5322_date(compat.unix_time()).encode())
-        c.fixer = HeaderFixer(received, c.sender, self.hostname, qid, compat.unix_time())
-
-    def _store(self, c, data):
-        if c.writer is None or not data:
-            return
-        try:
-            c.writer.write(data)
-        except SpoolFull:
-            c.failed = R_STORAGE
-            c.writer = None
-        except SpoolError as e:
-            log.error("%s: spool write failed: %s", c.name(), e)
-            c.failed = R_LOCAL_ERROR
-            self._drop_message(c)
-
-    def _on_body(self, c, chunk):
-        if c.writer is not None:
-            self._store(c, c.fixer.feed(chunk))
-
-    def _on_data_end(self, c):
-        if c.writer is not None:
-            self._store(c, c.fixer.finish())
-        if c.writer is None:
-            self._refuse(c, c.failed or R_LOCAL_ERROR)
-            return
-        try:
-            c.writer.commit(False)      # durable at the group commit below
-        except SpoolFull:
-            self._refuse(c, R_STORAGE)
-            return
-        except SpoolError as e:
-            log.error("%s: spool commit failed: %s", c.name(), e)
-            self._refuse(c, R_LOCAL_ERROR)
-            return
-        self.to_commit.append(c)
-
-    def _refuse(self, c, reply):
-        log.warning("%s: from=<%s> to=<%s> refused: %s", c.name(), c.sender, ",".join(c.rcpts), _text(reply))
-        self.stats["rejected"] += 1
-        self._drop_message(c)
-        c.session.message_failed(reply)
-
-    def _group_commit(self):
-        batch, self.to_commit = self.to_commit, []
-        try:
-            self.spool.flush()
-            reply = None
-        except SpoolError as e:
-            log.error("spool sync failed: %s", e)
-            reply = R_LOCAL_ERROR
-        for c in batch:
-            w = c.writer
-            added = c.fixer.added if c.fixer is not None else []
-            c.writer = c.fixer = None
-            if c.sock is None:
-                continue
-            if reply is not None or w.id not in self.spool:
-                self._refuse(c, reply or R_LOCAL_ERROR)
-            else:
-                qid = format_id(w.id)
-                log.info("%s: client=%s, from=<%s>, to=<%s>, size=%d%s, status=queued", qid, c.name(),
-                         c.sender, ",".join(c.rcpts), w.size,
-                         (", added=" + "+".join(added)) if added else "")
-                self.stats["received"] += 1
-                c.session.message_accepted(qid)
-            self._events(c)         # pipelined commands waiting behind the verdict
-
-    def _drop_message(self, c):
-        if c.writer is not None:
-            c.writer.abort()
-        c.writer = None
-        c.fixer = None
 
     # --- STARTTLS --------------------------------------------------------------
     def _start_tls(self, c):

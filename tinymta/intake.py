@@ -1,0 +1,113 @@
+"""Message intake for the server: from the end of the envelope to a durable 250.
+
+A mixin of Server (single inheritance, MicroPython-safe): it opens a spool writer when DATA
+starts, passes body chunks through the submission fix-ups into the writer, and at the end of
+DATA commits without syncing; the server's loop then makes every message that ended in the
+same pass durable with one sync (group commit) and only then sends each its 250.
+
+This module must not know sockets or the SMTP grammar: it works on Connection objects and
+tells their Session its verdict.
+"""
+from tinymta import compat
+from tinymta.fixup import HeaderFixer
+from tinymta.spoolfmt import SpoolError, SpoolFull, format_id
+
+log = compat.get_logger("smtpd")
+
+R_STORAGE = b"452 4.3.1 Insufficient system storage"
+R_LOCAL_ERROR = b"451 4.3.0 Local error in processing; try again later"
+
+
+def text(b):
+    return compat.decode_utf8_replace(b)
+
+
+class Intake:
+    def _on_data_start(self, c, sender, rcpts):
+        c.sender = text(sender)
+        c.rcpts = [text(r) for r in rcpts]
+        c.failed = None
+        try:
+            c.writer = self.spool.writer(c.sender, c.rcpts, c.size_hint)
+        except SpoolFull:
+            c.failed = R_STORAGE
+            return
+        qid = format_id(c.writer.id)
+        s = c.session
+        received = b"Received: from %s ([%s])\r\n\tby %s (tinymta) with %s id %s%s;\r\n\t%s\r\n" % (
+            bytes(s.helo_name or b"unknown"), c.ip.encode(), self.hostname.encode(), s.protocol(),
+            qid.encode(), (b"\r\n\tfor <" + rcpts[0] + b">") if len(rcpts) == 1 else b"",
+            compat.rfc5322_date(compat.unix_time()).encode())
+        c.fixer = HeaderFixer(received, c.sender, self.hostname, qid, compat.unix_time())
+
+    def _store(self, c, data):
+        if c.writer is None or not data:
+            return
+        try:
+            c.writer.write(data)
+        except SpoolFull:
+            c.failed = R_STORAGE
+            c.writer = None
+        except SpoolError as e:
+            log.error("%s: spool write failed: %s", c.name(), e)
+            c.failed = R_LOCAL_ERROR
+            self._drop_message(c)
+
+    def _on_body(self, c, chunk):
+        if c.writer is not None:
+            self._store(c, c.fixer.feed(chunk))
+
+    def _on_data_end(self, c):
+        if c.writer is not None:
+            self._store(c, c.fixer.finish())
+        if c.writer is None:
+            self._refuse(c, c.failed or R_LOCAL_ERROR)
+            return
+        try:
+            c.writer.commit(False)      # durable at the group commit below
+        except SpoolFull:
+            self._refuse(c, R_STORAGE)
+            return
+        except SpoolError as e:
+            log.error("%s: spool commit failed: %s", c.name(), e)
+            self._refuse(c, R_LOCAL_ERROR)
+            return
+        self.to_commit.append(c)
+
+    def _refuse(self, c, reply):
+        log.warning("%s: from=<%s> to=<%s> refused: %s", c.name(), c.sender, ",".join(c.rcpts), text(reply))
+        self.stats["rejected"] += 1
+        self._drop_message(c)
+        c.session.message_failed(reply)
+
+    def _group_commit(self):
+        batch, self.to_commit = self.to_commit, []
+        try:
+            self.spool.flush()
+            reply = None
+        except SpoolError as e:
+            log.error("spool sync failed: %s", e)
+            reply = R_LOCAL_ERROR
+        for c in batch:
+            w = c.writer
+            added = c.fixer.added if c.fixer is not None else []
+            c.writer = c.fixer = None
+            if c.sock is None:
+                continue
+            if reply is not None or w.id not in self.spool:
+                self._refuse(c, reply or R_LOCAL_ERROR)
+            else:
+                qid = format_id(w.id)
+                log.info("%s: client=%s, from=<%s>, to=<%s>, size=%d%s, status=queued", qid, c.name(),
+                         c.sender, ",".join(c.rcpts), w.size,
+                         (", added=" + "+".join(added)) if added else "")
+                self.stats["received"] += 1
+                c.session.message_accepted(qid)
+            self._events(c)         # pipelined commands waiting behind the verdict
+
+    def _drop_message(self, c):
+        if c.writer is not None:
+            c.writer.abort()
+        c.writer = None
+        c.fixer = None
+
