@@ -64,6 +64,7 @@ class Server(Intake):
         self.conns = {}             # id(sock) -> Connection
         self.to_commit = []         # connections whose DATA ended in this pass
         self.hooks = []             # callables(now_ms) run once per loop pass
+        self.watched = {}           # id(obj) -> callable(events): other parts' sockets in this loop
         self.running = False
         self.stats = {"received": 0, "rejected": 0, "connections": 0}
         self._wake = netio.wakeup_pair()    # stop() from a signal handler ends a poll() at once
@@ -81,6 +82,18 @@ class Server(Intake):
         self.running = False
         if self._wake is not None:
             netio.send(self._wake[1], b"x")
+
+    def watch(self, obj, mask, handler):
+        """Poll obj in this loop too; handler(events) runs when it is ready (relay, console)."""
+        if id(obj) in self.watched:
+            self.poller.modify(obj, mask)
+        else:
+            self.poller.register(obj, mask)
+        self.watched[id(obj)] = handler
+
+    def unwatch(self, obj):
+        if self.watched.pop(id(obj), None) is not None:
+            self.poller.unregister(obj)
 
     def close_listeners(self):
         for s in self.listeners:
@@ -136,6 +149,14 @@ class Server(Intake):
                 continue
             if obj in self.listeners:
                 self._accept(obj)
+                continue
+            handler = self.watched.get(id(obj))
+            if handler is not None:
+                try:
+                    handler(ev)
+                except Exception as e:  # another part's failure never stops the loop
+                    log.error("watched socket handler failed: %r", e)
+                    self.unwatch(obj)
                 continue
             c = self.conns.get(id(obj))
             if c is None:
