@@ -39,6 +39,9 @@ class MTA:
                "spool": {"path": self.spool_path},
                "console": {"socket": os.path.join(self.tmp, "tinymta.sock")},
                "log": {"level": log_level}}
+        # No relay unless a test asks for one: mail stays in the spool and nothing ever asks the
+        # system's DNS (network rule).
+        cfg["relay"] = {"mode": "none"}
         for name, extra in (("server", server), ("spool", spool), ("relay", relay), ("console", console)):
             if extra:
                 cfg.setdefault(name, {}).update(extra)

@@ -48,7 +48,8 @@ def assert_one_line_error(rc, err, out, *words):
 def base_config(tmp_path, **server):
     cfg = {"server": dict({"listen": ["127.0.0.1:%d" % free_port()], "hostname": "mta.test",
                            "max_message_size": "256K"}, **server),
-           "spool": dict(SPOOL, path=str(tmp_path / "tinymta.spool")), "console": {"socket": ""}}
+           "spool": dict(SPOOL, path=str(tmp_path / "tinymta.spool")), "console": {"socket": ""},
+           "relay": {"mode": "none"}}   # never the system DNS
     return cfg
 
 

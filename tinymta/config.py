@@ -27,6 +27,7 @@ Value forms
 
 Rules across keys
 - relay.tls defaults to "opportunistic" for relay.mode "mx", "starttls" for "smarthost".
+  relay.mode "none" keeps accepted mail in the spool and delivers nothing (maintenance, tests).
   "implicit" needs "smarthost" (MX hosts take STARTTLS on port 25); "starttls" with "mx" makes
   TLS mandatory to every MX host.
 - relay.smarthost is required with "smarthost" and refused with "mx" (it would be silently
@@ -183,7 +184,7 @@ SCHEMA = (
     ("spool", "size", 4 * _MIB, "size", 1),
     ("spool", "sector_size", 65536, "size", 1),
     ("spool", "prog_unit", 4096, "size", 1),
-    ("relay", "mode", "mx", "enum", ("mx", "smarthost")),
+    ("relay", "mode", "mx", "enum", ("mx", "smarthost", "none")),   # none: keep mail, deliver nothing
     ("relay", "smarthost", None, "smarthost", None),
     ("relay", "tls", None, "enum", TLS_MODES),  # None: chosen from relay.mode
     ("relay", "username", None, "opt", None),
@@ -303,7 +304,7 @@ def _check_across(cfg, source):
     else:
         for key in ("smarthost", "username", "password_file"):
             if getattr(r, key) is not None:
-                fail("relay." + key, 'only used when relay.mode is "smarthost" (it is "mx")')
+                fail("relay." + key, 'only used when relay.mode is "smarthost" (it is "%s")' % r.mode)
         if r.tls == "implicit":
             fail("relay.tls", '"implicit" needs relay.mode "smarthost": MX hosts take STARTTLS on port 25'
                  ' ("starttls" makes it mandatory)')

@@ -103,6 +103,8 @@ class Intake:
                          (", added=" + "+".join(added)) if added else "")
                 self.stats["received"] += 1
                 c.session.message_accepted(qid)
+                if self.on_queued is not None:
+                    self.on_queued(w.id)
             self._events(c)         # pipelined commands waiting behind the verdict
 
     def _drop_message(self, c):

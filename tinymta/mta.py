@@ -66,6 +66,13 @@ def build(cfg, spool=None):
     except StartupError:
         srv.close_listeners()
         raise
+    from tinymta.relay import Relay
+    try:
+        srv.relay = Relay(srv, cfg)
+    except (OSError, ValueError, ImportError) as e:
+        srv.close_listeners()
+        srv.spool.close()
+        raise StartupError("relay: %s" % compat.os_error_text(e) if isinstance(e, OSError) else "relay: %s" % e)
     return srv
 
 

@@ -65,6 +65,7 @@ class Server(Intake):
         self.to_commit = []         # connections whose DATA ended in this pass
         self.hooks = []             # callables(now_ms) run once per loop pass
         self.watched = {}           # id(obj) -> callable(events): other parts' sockets in this loop
+        self.on_queued = None       # callable(msg_id) told of every message made durable (the relay)
         self.running = False
         self.stats = {"received": 0, "rejected": 0, "connections": 0}
         self._wake = netio.wakeup_pair()    # stop() from a signal handler ends a poll() at once

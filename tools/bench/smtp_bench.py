@@ -658,6 +658,7 @@ class TinyMTA(Server):
                        "max_message_size": "1M"},
             "spool": {"path": self.spool_path, "size": spool_size, "sector_size": sector, "prog_unit": 4096},
             "console": {"socket": ""},
+            "relay": {"mode": "none"},     # accept rate only (like Postfix on hold); never DNS
             "log": {"level": "info"},
         }
         with open(self.cfg_path, "w") as f:

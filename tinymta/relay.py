@@ -1,0 +1,408 @@
+"""The relay: delivers spooled mail to MX hosts or a smarthost from inside the server's loop.
+
+    relay = Relay(server, cfg, resolver=None)    hooks itself into the loop; loads the queue
+
+Each due message becomes a Delivery: its pending recipients are grouped by route (one group per
+recipient domain in "mx" mode, one group in "smarthost" mode); each group tries its hosts in
+order (MX preference, every address) over a non-blocking socket driven by the sans-IO Client.
+The body streams from the spool fragment by fragment; the final dot is written together with the
+last chunk, and only once every fragment's CRC matched (a corrupt message is never completed).
+Delivered recipients are acked in the spool, permanent failures are bounced (a DSN queued in the
+spool like any message, never for <>, rate-limited) and acked, temporary ones wait in the queue
+with backoff; past max_age they are bounced.  The spool is written only on delivery or bounce.
+
+Known simplifications: a TLS handshake (STARTTLS or implicit) blocks the loop for at most its
+timeout, and a DNS lookup for at most relay DNS timeout; connections are not reused across
+messages.  This module must not know the SMTP grammar (client.py) or the spool's format.
+"""
+import socket
+
+from tinymta import compat, netio
+from tinymta.bounce import build_dsn, should_bounce, BounceLimiter
+from tinymta.client import Client
+from tinymta.queue import Queue
+from tinymta.spoolfmt import SpoolCorrupt, SpoolError, SpoolFull, format_id
+
+log = compat.get_logger("relay")
+MAX_ACTIVE = 2          # deliveries at once
+OUT_HIGH = 16384        # body bytes buffered for the socket before reading more from the spool
+
+
+def _domain(addr):
+    return addr[addr.rfind("@") + 1:].lower() if "@" in addr else ""
+
+
+class Relay:
+    def __init__(self, server, cfg, resolver=None):
+        self.server = server
+        self.cfg = cfg
+        self.spool = server.spool
+        r = cfg.relay
+        self.queue = Queue(r.retry_min, r.retry_max, r.max_age)
+        self.resolver = resolver
+        self.mx = None
+        if r.mode == "mx":          # dnspython (or the boards' dns shim) only where MX delivery runs
+            from tinymta import mx
+            self.mx = mx
+            if resolver is None:
+                self.resolver = mx.make_resolver(r.dns_servers)
+        self.limiter = BounceLimiter(20, 3600)
+        self.password = None
+        if r.password_file:
+            self.password = compat.read_file(r.password_file).strip()
+        self.active = {}
+        now = compat.unix_time()
+        for m in self.spool.messages():
+            self.queue.add(m.id, m.arrived, now)          # after a restart: due at once
+        server.hooks.append(self.tick)
+        server.on_queued = self.queued
+
+    def queued(self, msg_id):
+        self.queue.add(msg_id, compat.unix_time(), compat.unix_time())
+
+    def tick(self, now_ms):
+        now = compat.unix_time()
+        for d in list(self.active.values()):
+            d.check_timeout(now_ms)
+        if len(self.active) < MAX_ACTIVE and self.cfg.relay.mode != "none":
+            for msg_id in self.queue.due(now, MAX_ACTIVE - len(self.active)):
+                if msg_id not in self.spool:
+                    self.queue.remove(msg_id)
+                    continue
+                self.queue.begin(msg_id)
+                d = Delivery(self, self.spool.message(msg_id))
+                self.active[msg_id] = d
+                d.next_group()
+
+    # --- results --------------------------------------------------------------
+    def finish(self, d):
+        """Ack what is done, bounce what failed for good, defer the rest."""
+        self.active.pop(d.msg.id, None)
+        now = compat.unix_time()
+        done = d.delivered + [r for r, _, _, _ in d.failed]
+        try:
+            if d.failed:
+                self._bounce(d.msg, d.failed)
+            if done:
+                self.spool.ack(d.msg.id, done)
+                self.spool.flush()
+        except SpoolError as e:
+            log.error("%s: spool update failed: %s", format_id(d.msg.id), e)
+        left = [r for r in d.msg.recipients if r not in done]
+        if not left:
+            self.queue.delivered(d.msg.id, now)
+            return
+        if self.queue.deferred(d.msg.id, now, d.last_error):
+            log.warning("%s: expired after %d s in the queue: bounced", format_id(d.msg.id), now - d.msg.arrived)
+            text = d.last_error[2] if d.last_error else "delivery time expired"
+            self._bounce(d.msg, [(r, "4.4.7", text, d.last_error[0] if d.last_error else None) for r in left])
+            self.spool.ack(d.msg.id, left)
+            self.spool.flush()
+            self.queue.remove(d.msg.id)
+
+    def _bounce(self, msg, failed):
+        for rcpt, status, diag, hop in failed:
+            log.warning("%s: to=<%s>, relay=%s, status=bounced (%s %s)", format_id(msg.id), rcpt, hop or "none",
+                        status, compat.decode_utf8_replace(diag) if isinstance(diag, bytes) else diag)
+        if not should_bounce(msg.sender):
+            return
+        now = compat.unix_time()
+        if not self.limiter.allow(now):
+            log.warning("%s: bounce to <%s> suppressed by the rate limit", format_id(msg.id), msg.sender)
+            return
+        headers = bytearray()
+        for chunk in self.spool.read(msg.id):
+            headers.extend(chunk)
+            end = headers.find(b"\r\n\r\n")
+            if end >= 0 or len(headers) > 32768:
+                headers = headers[:end + 2] if end >= 0 else headers[:32768]
+                break
+        dsn = build_dsn(self.cfg.server.hostname, msg.sender, msg.arrived,
+                        [(r, s, d, h) for r, s, d, h in failed], bytes(headers), format_id(msg.id), now)
+        try:
+            w = self.spool.writer("", [msg.sender], len(dsn))
+            w.write(dsn)
+            bid = w.commit()
+            self.queue.add(bid, now, now)
+            log.info("%s: sender non-delivery notification: %s", format_id(msg.id), format_id(bid))
+        except SpoolFull:
+            log.error("%s: no room for the bounce to <%s>", format_id(msg.id), msg.sender)
+
+
+class Delivery:
+    """One message's attempt: groups of recipients, each tried host by host."""
+
+    def __init__(self, relay, msg):
+        self.relay = relay
+        self.msg = msg
+        cfg = relay.cfg.relay
+        self.mode = cfg.mode
+        if self.mode == "smarthost":
+            self.groups = [("smarthost", list(msg.recipients))]
+        else:
+            by = {}
+            order = []
+            for r in msg.recipients:
+                dom = _domain(r)
+                if dom not in by:
+                    by[dom] = []
+                    order.append(dom)
+                by[dom].append(r)
+            self.groups = [(dom, by[dom]) for dom in order]
+        self.delivered = []
+        self.failed = []        # (rcpt, status, diagnostic, hop)
+        self.last_error = None  # (hop, stage, text)
+        self.sock = None
+
+    # --- groups and hosts -----------------------------------------------------------
+    def next_group(self):
+        if not self.groups:
+            self.relay.finish(self)
+            return
+        self.route, self.rcpts = self.groups.pop(0)
+        self.group_done = False
+        try:
+            self.hosts = self._hosts()
+        except Exception as e:
+            if self.relay.mx is None or not isinstance(e, self.relay.mx.DNSFailure):
+                raise
+            self._record(self.route, "DNS", str(e))
+            if e.permanent:
+                for r in self.rcpts:
+                    self.failed.append((r, e.status, str(e), None))
+            self.next_group()
+            return
+        self.next_host()
+
+    def _hosts(self):
+        r = self.relay.cfg.relay
+        if self.mode == "smarthost":
+            host, port = r.smarthost
+            addrs = [ai[-1][0] for ai in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)] \
+                if not compat.MICROPYTHON else [host]
+            return [(host, a, port) for a in addrs]
+        out = []
+        for name, addrs in self.relay.mx.resolve_mx(self.route, self.relay.resolver):
+            for a in addrs:
+                out.append((name, a, r.mx_port))
+        return out
+
+    def next_host(self):
+        self._close()
+        if self.group_done or not self.hosts:
+            self.next_group()
+            return
+        self.host, addr, port = self.hosts.pop(0)
+        self.hop = "%s[%s]:%d" % (self.host, addr, port)
+        r = self.relay.cfg.relay
+        tls = r.tls
+        if self.mode == "mx" and tls == "implicit":
+            tls = "starttls"
+        auth = (r.username.encode(), self.relay.password) if (r.username and self.mode == "smarthost") else None
+        self.client = Client(self.relay.cfg.server.hostname, tls, auth)
+        self.out = bytearray()
+        self.body_iter = None
+        self.lookahead = None
+        self.rcpt_ok = []
+        self.sent = False
+        self.progress = -1
+        self.deadline = 0
+        try:
+            fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            ai = socket.getaddrinfo(addr, port, 0, socket.SOCK_STREAM)[0]
+            s = socket.socket(ai[0] if compat.MICROPYTHON else fam, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(ai[-1])
+            except OSError as e:
+                if not compat.would_block(e):
+                    s.close()
+                    raise
+            self.sock = s
+            self.connecting = True
+            self.relay.server.watch(s, netio.POLLOUT, self.on_ready)
+            self._arm()
+        except OSError as e:
+            self.client.connect_failed(compat.os_error_text(e))
+            self._events()
+
+    def _arm(self):
+        if self.client.progress != self.progress:
+            self.progress = self.client.progress
+            self.deadline = compat.ticks_add(compat.ticks_ms(), self.client.timeout_ms() or 1000)
+
+    def check_timeout(self, now_ms):
+        if self.sock is not None and compat.ticks_diff(now_ms, self.deadline) > 0:
+            self.client.timed_out()
+            self._events()
+
+    # --- socket events ------------------------------------------------------------
+    def on_ready(self, ev):
+        if self.connecting:
+            self.connecting = False
+            if ev & (netio.POLLERR | netio.POLLHUP) and not ev & netio.POLLIN:
+                self.client.connect_failed("connection refused")
+                self._events()
+                return
+            if self.relay.cfg.relay.tls == "implicit" and self.mode == "smarthost":
+                if not self._wrap():
+                    return
+        if ev & netio.POLLOUT:
+            self._write()
+        if self.sock is not None and ev & (netio.POLLIN | netio.POLLERR | netio.POLLHUP):
+            try:
+                data = netio.recv(self.sock, 16384)
+            except OSError:
+                data = b""
+            if data is not None:
+                self.client.receive(data)
+                self._events()
+        self._watch()
+
+    def _watch(self):
+        if self.sock is not None:
+            want = netio.POLLIN
+            if self.out or self.body_iter is not None:
+                want |= netio.POLLOUT
+            self.relay.server.watch(self.sock, want, self.on_ready)
+
+    def _write(self):
+        while self.sock is not None:
+            if len(self.out) < OUT_HIGH and self.body_iter is not None:
+                self._pump_body()
+            if not self.out:
+                return
+            n = netio.send(self.sock, self.out)
+            if n == 0:
+                return
+            self.out[:n] = b""
+            self._arm()
+
+    def _pump_body(self):
+        """Next fragment into the output; the final dot goes with the last one, after all CRCs."""
+        try:
+            nxt = next(self.body_iter)
+        except StopIteration:
+            nxt = None
+        except SpoolCorrupt as e:
+            log.error("%s: %s: delivery aborted before the final dot", format_id(self.msg.id), e)
+            self.body_iter = None
+            self.client.body_abort()
+            self._events()
+            return
+        if nxt is None:
+            self.out.extend(self.client.body(self.lookahead or b""))
+            self.out.extend(self.client.body_end())
+            self.body_iter = self.lookahead = None
+        else:
+            if self.lookahead is not None:
+                self.out.extend(self.client.body(self.lookahead))
+            self.lookahead = nxt
+
+    def _wrap(self):
+        r = self.relay.cfg.relay
+        verify = self.mode == "smarthost"
+        try:
+            ctx = compat.client_tls_context(r.ca_file, verify)
+            self.relay.server.unwatch(self.sock)
+            self.sock.setblocking(True)
+            self.sock.settimeout(30)
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=self.host)
+            self.sock.setblocking(False)
+        except (OSError, ValueError) as e:
+            self.client.tls_failed(compat.decode_utf8_replace(str(e).encode()))
+            self._events()
+            return False
+        self._watch()
+        return True
+
+    def _events(self):
+        c = self.client
+        while True:
+            ev = c.next_event()
+            if ev is None:
+                break
+            kind = ev[0]
+            if kind == "send":
+                self.out.extend(ev[1])
+            elif kind == "starttls":
+                self._write()
+                if self._wrap():
+                    c.tls_started()
+            elif kind == "ready":
+                if self.sent:
+                    c.quit()
+                else:
+                    self.sent = True
+                    c.send_message(self.msg.sender.encode(), [r.encode() for r in self.rcpts], self.msg.size)
+            elif kind == "rcpt":
+                self._rcpt(ev[1], ev[2], ev[3])
+            elif kind == "body":
+                self.body_iter = self.relay.spool.read(self.msg.id)
+            elif kind == "done":
+                self._done(ev[1], ev[2])
+            elif kind == "error":
+                self._error(ev[1], ev[2], ev[3], ev[4])
+            elif kind == "closed":
+                self.next_host()
+                return
+        self._arm()
+        if self.sock is not None:
+            self._write()
+
+    def _rcpt(self, i, code, text):
+        rcpt = self.rcpts[i]
+        if code < 300:
+            self.rcpt_ok.append(rcpt)
+        elif code >= 500:
+            self.failed.append((rcpt, _status(text, "5.0.0"), text, self.host))
+        else:
+            self._record(self.hop, "RCPT", "%d %s" % (code, compat.decode_utf8_replace(text)))
+
+    def _done(self, code, text):
+        t = "%d %s" % (code, compat.decode_utf8_replace(text))
+        if code < 300:
+            for r in self.rcpt_ok:
+                log.info("%s: to=<%s>, relay=%s, status=sent (%s)", format_id(self.msg.id), r, self.hop, t)
+            self.delivered.extend(self.rcpt_ok)
+            self.relay.queue.hop_ok(self.hop, compat.unix_time())
+        elif code >= 500 and self.rcpt_ok:
+            for r in self.rcpt_ok:
+                self.failed.append((r, _status(text, "5.0.0"), text, self.host))
+        else:
+            self._record(self.hop, "DATA" if self.rcpt_ok else "MAIL", t)
+        self.group_done = True          # this group got a final answer from a server
+
+    def _error(self, stage, code, text, temporary):
+        t = "%d %s" % (code, compat.decode_utf8_replace(text))
+        st = compat.decode_utf8_replace(stage)
+        self._record(self.hop, st, t)
+        if not temporary and not self.group_done:
+            for r in self.rcpts:
+                if r not in self.delivered and not [1 for f in self.failed if f[0] == r]:
+                    self.failed.append((r, _status(text, "5.0.0"), text, self.host))
+            self.group_done = True
+
+    def _record(self, hop, stage, text):
+        self.last_error = (hop, stage, text)
+        log.warning("%s: relay=%s, stage=%s, status=deferred (%s)", format_id(self.msg.id), hop, stage, text)
+        self.relay.queue.hop_failed(hop, compat.unix_time(), stage, text)
+
+    def _close(self):
+        if self.sock is not None:
+            self.relay.server.unwatch(self.sock)
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+
+
+def _status(text, default):
+    """The enhanced status code at the start of a reply text, or default."""
+    t = compat.decode_utf8_replace(text) if isinstance(text, bytes) else text
+    head = t.split(" ", 1)[0] if t else ""
+    parts = head.split(".")
+    if len(parts) == 3 and parts[0] in ("4", "5") and parts[1].isdigit() and parts[2].isdigit():
+        return head
+    return default
