@@ -28,7 +28,7 @@ class Intake:
         c.rcpts = [text(r) for r in rcpts]
         c.failed = None
         try:
-            c.writer = self.spool.writer(c.sender, c.rcpts, c.size_hint)
+            c.writer = self.spool.writer(c.sender, c.rcpts, c.size_hint, c.params)
         except SpoolFull:
             c.failed = R_STORAGE
             return

@@ -204,6 +204,7 @@ class Delivery:
         self.body_iter = None
         self.lookahead = None
         self.rcpt_ok = []
+        self.rcpt_seen = 0
         self.sent = False
         self.progress = -1
         self.deadline = 0
@@ -334,7 +335,8 @@ class Delivery:
                     c.quit()
                 else:
                     self.sent = True
-                    c.send_message(self.msg.sender.encode(), [r.encode() for r in self.rcpts], self.msg.size)
+                    c.send_message(self.msg.sender.encode(), [r.encode() for r in self.rcpts], self.msg.size,
+                                   b"BODY=8BITMIME" in self.msg.params)
             elif kind == "rcpt":
                 self._rcpt(ev[1], ev[2], ev[3])
             elif kind == "body":
@@ -352,6 +354,7 @@ class Delivery:
 
     def _rcpt(self, i, code, text):
         rcpt = self.rcpts[i]
+        self.rcpt_seen += 1
         if code < 300:
             self.rcpt_ok.append(rcpt)
         elif code >= 500:
@@ -366,8 +369,10 @@ class Delivery:
                 log.info("%s: to=<%s>, relay=%s, status=sent (%s)", format_id(self.msg.id), r, self.hop, t)
             self.delivered.extend(self.rcpt_ok)
             self.relay.queue.hop_ok(self.hop, compat.unix_time())
-        elif code >= 500 and self.rcpt_ok:
-            for r in self.rcpt_ok:
+        elif code >= 500 and (self.rcpt_ok or not self.rcpt_seen):
+            # refused for good: after DATA the accepted recipients; before any RCPT reply (MAIL
+            # refused, or the client's own 552 5.3.4 / 554 5.6.3) every recipient of the group
+            for r in (self.rcpt_ok or self.rcpts):
                 self.failed.append((r, _status(text, "5.0.0"), text, self.host))
         else:
             self._record(self.hop, "DATA" if self.rcpt_ok else "MAIL", t)

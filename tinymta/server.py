@@ -39,6 +39,7 @@ class Connection:
         self.fixer = None
         self.failed = None          # the refusal to give at the end of DATA
         self.size_hint = 0
+        self.params = b""           # envelope parameters worth keeping (BODY=8BITMIME)
         self.sender = ""
         self.rcpts = []
         self.tls_pending = False
@@ -294,7 +295,10 @@ class Server(Intake):
 
     def _on_mail(self, c, sender, params):
         size = 0
+        c.params = b""
         for k, v in params:
+            if k == b"BODY" and v and v.upper() == b"8BITMIME":
+                c.params = b"BODY=8BITMIME"     # kept in the envelope: the relay must honour it
             if k == b"SIZE" and v:
                 try:
                     size = int(v)
