@@ -51,6 +51,8 @@ mx_port = 2525
 retry_min = 60
 retry_max = "1h"
 max_age = "2d"
+timeout = "2m"
+data_timeout = 900
 
 [console]
 serial = "/dev/ttyS0"
@@ -73,7 +75,7 @@ FULL_JSON = {
     "relay": {"mode": "smarthost", "smarthost": "smtp.example.org:465", "tls": "implicit",
               "username": "alerts@example.org", "password_file": "/etc/tinymta/password",
               "ca_file": "/etc/ssl/certs/ca-certificates.crt", "dns_servers": ["127.0.0.1:5353"], "mx_port": 2525,
-              "retry_min": 60, "retry_max": 3600, "max_age": 172800},
+              "retry_min": 60, "retry_max": 3600, "max_age": 172800, "timeout": 120, "data_timeout": 900},
     "console": {"serial": "/dev/ttyS0", "baud": 9600, "socket": "/run/tinymta.sock", "password": "console-secret"},
     "log": {"level": "debug"},
 }
@@ -179,7 +181,7 @@ MESSAGES = [
      " got 5120000"),
     ("[spool]\nsector_size = '6000'", "spool.sector_size: must be a power of two and a multiple of spool.prog_unit (4096), got 6000"),
     ("[spool]\nprog_unit = 100", "spool.prog_unit: must be a power of two of at most 65536, got 100"),
-    ("[relay]\nmode = 'direct'", 'relay.mode: must be one of "mx", "smarthost", got "direct"'),
+    ("[relay]\nmode = 'direct'", 'relay.mode: must be one of "mx", "smarthost", "none", got "direct"'),
     ("[relay]\nmode = 'smarthost'", 'relay.smarthost: required when relay.mode is "smarthost"'),
     ("[relay]\nsmarthost = 'relay.lan:587'", 'relay.smarthost: only used when relay.mode is "smarthost" (it is "mx")'),
     ("[relay]\nmode = 'smarthost'\nsmarthost = 'a:b'", 'relay.smarthost: port must be a number 1-65535, got "a:b"'),
@@ -203,6 +205,10 @@ MESSAGES = [
     ("[relay]\nretry_min = 0", 'relay.retry_min: must be a duration >= 1 s: integer seconds or "30s", "5m", "1h",'
      ' "5d", got 0'),
     ("[relay]\nretry_min = '2h'", "relay.retry_max: must be >= relay.retry_min (7200), got 3600"),
+    ("[relay]\ntimeout = 0", 'relay.timeout: must be a duration >= 1 s: integer seconds or "30s", "5m", "1h",'
+     ' "5d", got 0'),
+    ("[relay]\ndata_timeout = 'x'", 'relay.data_timeout: must be a duration >= 1 s: integer seconds or "30s", "5m",'
+     ' "1h", "5d", got "x"'),
     ("[relay]\nmax_age = -1", 'relay.max_age: must be a duration >= 1 s: integer seconds or "30s", "5m", "1h",'
      ' "5d", got -1'),
     ("[relay]\nca_file = ['a']", 'relay.ca_file: must be a string ("" for none), got a list'),

@@ -47,6 +47,9 @@ class Relay:
             if resolver is None:
                 self.resolver = mx.make_resolver(r.dns_servers)
         self.limiter = BounceLimiter(20, 3600)
+        t, d = r.timeout * 1000, r.data_timeout * 1000     # RFC 5321 4.5.3.2, scaled to the config
+        self.timeouts = {"greeting": t, "mail": t, "rcpt": t, "command": t, "data": min(t, 120000),
+                         "block": min(t, 180000), "dot": d}
         self.password = None
         if r.password_file:
             self.password = compat.read_file(r.password_file).strip()
@@ -199,7 +202,7 @@ class Delivery:
         if self.mode == "mx" and tls == "implicit":
             tls = "starttls"
         auth = (r.username.encode(), self.relay.password) if (r.username and self.mode == "smarthost") else None
-        self.client = Client(self.relay.cfg.server.hostname, tls, auth)
+        self.client = Client(self.relay.cfg.server.hostname, tls, auth, False, self.relay.timeouts)
         self.out = bytearray()
         self.body_iter = None
         self.lookahead = None
