@@ -130,6 +130,12 @@ class MTA:
         sp.dev.close()
         return out
 
+    @staticmethod
+    def smtp(mta, timeout=10):
+        """An smtplib client connected to mta."""
+        import smtplib
+        return smtplib.SMTP("127.0.0.1", mta.port, timeout=timeout)
+
     def __enter__(self):
         return self.start()
 

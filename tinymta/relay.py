@@ -11,9 +11,15 @@ Delivered recipients are acked in the spool, permanent failures are bounced (a D
 spool like any message, never for <>, rate-limited) and acked, temporary ones wait in the queue
 with backoff; past max_age they are bounced.  The spool is written only on delivery or bounce.
 
+A connection that breaks (even under a write, mid-DATA) or a name that does not resolve is a
+temporary failure of that message, never of the loop.  Permanent refusals go into the DSN as the
+server's reply ("550 5.1.1 ...").
+
 Known simplifications: a TLS handshake (STARTTLS or implicit) blocks the loop for at most its
-timeout, and a DNS lookup for at most relay DNS timeout; connections are not reused across
-messages.  This module must not know the SMTP grammar (client.py) or the spool's format.
+timeout (30 s), an MX lookup for at most the resolver's lifetime (mx.make_resolver: 10 s with one
+server), and the smarthost's name lookup (getaddrinfo) as long as the system resolver takes;
+connections are not reused across messages.  This module must not know the SMTP grammar
+(client.py) or the spool's format.
 """
 import socket
 
@@ -98,9 +104,12 @@ class Relay:
         if self.queue.deferred(d.msg.id, now, d.last_error):
             log.warning("%s: expired after %d s in the queue: bounced", format_id(d.msg.id), now - d.msg.arrived)
             text = d.last_error[2] if d.last_error else "delivery time expired"
-            self._bounce(d.msg, [(r, "4.4.7", text, d.last_error[0] if d.last_error else None) for r in left])
-            self.spool.ack(d.msg.id, left)
-            self.spool.flush()
+            try:
+                self._bounce(d.msg, [(r, "4.4.7", text, d.last_error[0] if d.last_error else None) for r in left])
+                self.spool.ack(d.msg.id, left)
+                self.spool.flush()
+            except SpoolError as e:     # as above: logged; never out of the loop (it would stop)
+                log.error("%s: spool update failed: %s", format_id(d.msg.id), e)
             self.queue.remove(d.msg.id)
 
     def _bounce(self, msg, failed):
@@ -156,6 +165,7 @@ class Delivery:
         self.failed = []        # (rcpt, status, diagnostic, hop)
         self.last_error = None  # (hop, stage, text)
         self.sock = None
+        self.connecting = False
 
     # --- groups and hosts -----------------------------------------------------------
     def next_group(self):
@@ -167,6 +177,11 @@ class Delivery:
         try:
             self.hosts = self._hosts()
         except Exception as e:
+            if isinstance(e, OSError):  # the smarthost's name did not resolve (gaierror): try later
+                hop = self.relay.cfg.relay.smarthost[0] if self.mode == "smarthost" else self.route
+                self._record(hop, "DNS", "4.4.3 %s" % compat.os_error_text(e))
+                self.next_group()
+                return
             if self.relay.mx is None or not isinstance(e, self.relay.mx.DNSFailure):
                 raise
             self._record(self.route, "DNS", str(e))
@@ -242,6 +257,7 @@ class Delivery:
 
     # --- socket events ------------------------------------------------------------
     def on_ready(self, ev):
+        client = self.client
         if self.connecting:
             self.connecting = False
             if ev & (netio.POLLERR | netio.POLLHUP) and not ev & netio.POLLIN:
@@ -253,7 +269,8 @@ class Delivery:
                     return
         if ev & netio.POLLOUT:
             self._write()
-        if self.sock is not None and ev & (netio.POLLIN | netio.POLLERR | netio.POLLHUP):
+        # ev is about this connection: not about the next host's, if the write ended this one
+        if self.sock is not None and self.client is client and ev & (netio.POLLIN | netio.POLLERR | netio.POLLHUP):
             try:
                 data = netio.recv(self.sock, 16384)
             except OSError:
@@ -266,7 +283,7 @@ class Delivery:
     def _watch(self):
         if self.sock is not None:
             want = netio.POLLIN
-            if self.out or self.body_iter is not None:
+            if self.connecting or self.out or self.body_iter is not None:  # connected: POLLOUT
                 want |= netio.POLLOUT
             self.relay.server.watch(self.sock, want, self.on_ready)
 
@@ -276,11 +293,27 @@ class Delivery:
                 self._pump_body()
             if not self.out:
                 return
-            n = netio.send(self.sock, self.out)
+            try:
+                n = netio.send(self.sock, self.out)
+            except OSError:         # reset, broken pipe: the server is gone (mid-DATA, say)
+                self._lost()
+                return
             if n == 0:
                 return
             self.out[:n] = b""
             self._arm()
+
+    def _lost(self):
+        """The connection broke under a write: what the server said before, then end of stream."""
+        self.out = bytearray()
+        self.body_iter = self.lookahead = None
+        try:
+            data = netio.recv(self.sock, 16384)
+        except OSError:
+            data = None
+        self.client.receive(data)
+        self.client.receive(b"")
+        self._events()
 
     def _pump_body(self):
         """Next fragment into the output; the final dot goes with the last one, after all CRCs."""
@@ -331,7 +364,7 @@ class Delivery:
                 self.out.extend(ev[1])
             elif kind == "starttls":
                 self._write()
-                if self._wrap():
+                if c is self.client and self._wrap():     # (not if that write lost the link)
                     c.tls_started()
             elif kind == "ready":
                 if self.sent:
@@ -361,7 +394,7 @@ class Delivery:
         if code < 300:
             self.rcpt_ok.append(rcpt)
         elif code >= 500:
-            self.failed.append((rcpt, _status(text, "5.0.0"), text, self.host))
+            self.failed.append((rcpt, _status(text, "5.0.0"), _reply(code, text), self.host))
         else:
             self._record(self.hop, "RCPT", "%d %s" % (code, compat.decode_utf8_replace(text)))
 
@@ -376,7 +409,7 @@ class Delivery:
             # refused for good: after DATA the accepted recipients; before any RCPT reply (MAIL
             # refused, or the client's own 552 5.3.4 / 554 5.6.3) every recipient of the group
             for r in (self.rcpt_ok or self.rcpts):
-                self.failed.append((r, _status(text, "5.0.0"), text, self.host))
+                self.failed.append((r, _status(text, "5.0.0"), _reply(code, text), self.host))
         else:
             self._record(self.hop, "DATA" if self.rcpt_ok else "MAIL", t)
         self.group_done = True          # this group got a final answer from a server
@@ -388,7 +421,7 @@ class Delivery:
         if not temporary and not self.group_done:
             for r in self.rcpts:
                 if r not in self.delivered and not [1 for f in self.failed if f[0] == r]:
-                    self.failed.append((r, _status(text, "5.0.0"), text, self.host))
+                    self.failed.append((r, _status(text, "5.0.0"), _reply(code, text), self.host))
             self.group_done = True
 
     def _record(self, hop, stage, text):
@@ -404,6 +437,11 @@ class Delivery:
             except OSError:
                 pass
             self.sock = None
+
+
+def _reply(code, text):
+    """The server's reply as a DSN's diagnostic: "550 5.1.1 ..." (typed smtp there), code kept."""
+    return b"%d %s" % (code, text if isinstance(text, bytes) else text.encode())
 
 
 def _status(text, default):
