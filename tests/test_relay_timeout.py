@@ -30,3 +30,25 @@ def test_silent_next_hop_times_out_and_intake_goes_on(tmp_path):
         assert len(mta.messages()) == 6                  # nothing lost, nothing bounced
     finally:
         silent.close()
+
+
+def test_hanging_dns_lookup_does_not_stall_intake(tmp_path):
+    from dnsmasqfix import Dnsmasq
+    dns = Dnsmasq(str(tmp_path), timeout=["slow.test"]).start()   # never answers for slow.test
+    try:
+        relay = {"mode": "mx", "dns_servers": ["%s:%d" % dns.server], "retry_min": 60, "retry_max": 120}
+        with MTA(tmp_path, relay=relay) as mta:
+            with smtplib.SMTP("127.0.0.1", mta.port, timeout=10) as s:
+                s.sendmail("a@lan.example", ["b@slow.test"], b"Subject: 1\r\n\r\nx\r\n")
+                time.sleep(0.5)                  # the MX lookup is hanging now
+                t0 = time.time()
+                for i in range(5):
+                    s.sendmail("a@lan.example", ["c@slow.test"], b"Subject: more\r\n\r\nx\r\n")
+                assert time.time() - t0 < 2, "intake stalled behind a DNS lookup"
+            deadline = time.time() + 20
+            while time.time() < deadline and "stage=DNS" not in mta.log():
+                time.sleep(0.2)
+            assert "stage=DNS" in mta.log() and "4.4.3" in mta.log(), mta.log()[-2000:]
+        assert len(mta.messages()) == 6
+    finally:
+        dns.stop()

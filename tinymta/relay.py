@@ -15,15 +15,19 @@ A connection that breaks (even under a write, mid-DATA) or a name that does not 
 temporary failure of that message, never of the loop.  Permanent refusals go into the DSN as the
 server's reply ("550 5.1.1 ...").
 
+Name lookups (MX and the smarthost's name) run in a worker thread on CPython, so a slow resolver
+never stalls intake; on MicroPython they run inline (bounded by the resolver's lifetime).
 Known simplifications: a TLS handshake (STARTTLS or implicit) blocks the loop for at most its
-timeout (30 s), an MX lookup for at most the resolver's lifetime (mx.make_resolver: 10 s with one
-server), and the smarthost's name lookup (getaddrinfo) as long as the system resolver takes;
-connections are not reused across messages.  This module must not know the SMTP grammar
+timeout (30 s); connections are not reused across messages.  This module must not know the SMTP grammar
 (client.py) or the spool's format.
 """
 import socket
 
 from tinymta import compat, netio
+
+_thread = None                  # CPython: a worker for blocking DNS lookups; boards look up inline
+if not compat.MICROPYTHON:
+    import _thread
 from tinymta.bounce import build_dsn, should_bounce, BounceLimiter
 from tinymta.client import Client
 from tinymta.queue import Queue
@@ -72,6 +76,7 @@ class Relay:
     def tick(self, now_ms):
         now = compat.unix_time()
         for d in list(self.active.values()):
+            d.poll_dns()
             d.check_timeout(now_ms)
         if len(self.active) < MAX_ACTIVE and self.cfg.relay.mode != "none":
             for msg_id in self.queue.due(now, MAX_ACTIVE - len(self.active)):
@@ -174,23 +179,47 @@ class Delivery:
             return
         self.route, self.rcpts = self.groups.pop(0)
         self.group_done = False
+        if _thread is not None:         # CPython: look up in a worker, the loop goes on serving
+            self.dns_result = None
+            _thread.start_new_thread(self._lookup_in_worker, ())
+            return
+        self._resolved(self._lookup())
+
+    def _lookup(self):
         try:
-            self.hosts = self._hosts()
-        except Exception as e:
-            if isinstance(e, OSError):  # the smarthost's name did not resolve (gaierror): try later
-                hop = self.relay.cfg.relay.smarthost[0] if self.mode == "smarthost" else self.route
-                self._record(hop, "DNS", "4.4.3 %s" % compat.os_error_text(e))
-                self.next_group()
-                return
-            if self.relay.mx is None or not isinstance(e, self.relay.mx.DNSFailure):
-                raise
-            self._record(self.route, "DNS", str(e))
-            if e.permanent:
-                for r in self.rcpts:
-                    self.failed.append((r, e.status, str(e), None))
+            return self._hosts(), None
+        except Exception as e:          # judged in the loop, by _resolved
+            return None, e
+
+    def _lookup_in_worker(self):
+        self.dns_result = self._lookup()
+        self.relay.server.wake()
+
+    def poll_dns(self):
+        """Called each loop pass: take a finished worker lookup."""
+        got = getattr(self, "dns_result", None)
+        if got is not None:
+            self.dns_result = None
+            self._resolved(got)
+
+    def _resolved(self, got):
+        hosts, e = got
+        if e is None:
+            self.hosts = hosts
+            self.next_host()
+            return
+        if isinstance(e, OSError):      # the smarthost's name did not resolve (gaierror): try later
+            hop = self.relay.cfg.relay.smarthost[0] if self.mode == "smarthost" else self.route
+            self._record(hop, "DNS", "4.4.3 %s" % compat.os_error_text(e))
             self.next_group()
             return
-        self.next_host()
+        if self.relay.mx is None or not isinstance(e, self.relay.mx.DNSFailure):
+            raise e
+        self._record(self.route, "DNS", str(e))
+        if e.permanent:
+            for r in self.rcpts:
+                self.failed.append((r, e.status, str(e), None))
+        self.next_group()
 
     def _hosts(self):
         r = self.relay.cfg.relay

@@ -82,8 +82,15 @@ class Server(Intake):
 
     def stop(self):
         self.running = False
+        self.wake()
+
+    def wake(self):
+        """End the current poll() at once (from a signal handler or a worker thread)."""
         if self._wake is not None:
-            netio.send(self._wake[1], b"x")
+            try:
+                netio.send(self._wake[1], b"x")
+            except OSError:
+                pass
 
     def watch(self, obj, mask, handler):
         """Poll obj in this loop too; handler(events) runs when it is ready (relay, console)."""
