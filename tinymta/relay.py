@@ -17,8 +17,10 @@ server's reply ("550 5.1.1 ...").
 
 Name lookups (MX and the smarthost's name) run in a worker thread on CPython, so a slow resolver
 never stalls intake; on MicroPython they run inline (bounded by the resolver's lifetime).
-Known simplifications: a TLS handshake (STARTTLS or implicit) blocks the loop for at most its
-timeout (30 s); connections are not reused across messages.  This module must not know the SMTP grammar
+When a message is done and another due message goes the same route, the open connection carries
+it on (RSET if needed, then MAIL): one session for a backlog, not one per message.
+Known simplification: a TLS handshake (STARTTLS or implicit) blocks the loop for at most its
+timeout (30 s).  This module must not know the SMTP grammar
 (client.py) or the spool's format.
 """
 import socket
@@ -88,6 +90,18 @@ class Relay:
                 self.active[msg_id] = d
                 d.next_group()
 
+    def take_same_route(self, route, scan=20):
+        """A due message with recipients for route, begun for reuse of an open connection; or None."""
+        for msg_id in self.queue.due(compat.unix_time(), scan):
+            if msg_id in self.active or msg_id not in self.spool:
+                continue
+            msg = self.spool.message(msg_id)
+            groups = route_groups(self.cfg.relay.mode, msg.recipients)
+            if [1 for g in groups if g[0] == route]:
+                self.queue.begin(msg_id)
+                return msg, groups
+        return None
+
     # --- results --------------------------------------------------------------
     def finish(self, d):
         """Ack what is done, bounce what failed for good, defer the rest."""
@@ -152,20 +166,8 @@ class Delivery:
     def __init__(self, relay, msg):
         self.relay = relay
         self.msg = msg
-        cfg = relay.cfg.relay
-        self.mode = cfg.mode
-        if self.mode == "smarthost":
-            self.groups = [("smarthost", list(msg.recipients))]
-        else:
-            by = {}
-            order = []
-            for r in msg.recipients:
-                dom = _domain(r)
-                if dom not in by:
-                    by[dom] = []
-                    order.append(dom)
-                by[dom].append(r)
-            self.groups = [(dom, by[dom]) for dom in order]
+        self.mode = relay.cfg.relay.mode
+        self.groups = route_groups(self.mode, msg.recipients)
         self.delivered = []
         self.failed = []        # (rcpt, status, diagnostic, hop)
         self.last_error = None  # (hop, stage, text)
@@ -396,9 +398,14 @@ class Delivery:
                 if c is self.client and self._wrap():     # (not if that write lost the link)
                     c.tls_started()
             elif kind == "ready":
-                if self.sent:
+                nxt = None
+                if self.sent and not self.groups:
+                    nxt = self.relay.take_same_route(self.route)
+                if self.sent and nxt is None:
                     c.quit()
                 else:
+                    if nxt is not None:         # the connection carries the next message on
+                        self._adopt(nxt[0], nxt[1])
                     self.sent = True
                     c.send_message(self.msg.sender.encode(), [r.encode() for r in self.rcpts], self.msg.size,
                                    b"BODY=8BITMIME" in self.msg.params)
@@ -416,6 +423,17 @@ class Delivery:
         self._arm()
         if self.sock is not None:
             self._write()
+
+    def _adopt(self, msg, groups):
+        """Finish the message just sent and take over msg on this connection (same route)."""
+        self.relay.finish(self)
+        self.msg = msg
+        self.relay.active[msg.id] = self
+        self.groups = [g for g in groups if g[0] != self.route]
+        self.rcpts = [g for g in groups if g[0] == self.route][0][1]
+        self.delivered, self.failed, self.last_error = [], [], None
+        self.rcpt_ok, self.rcpt_seen, self.group_done = [], 0, False
+        self.body_iter = self.lookahead = None
 
     def _rcpt(self, i, code, text):
         rcpt = self.rcpts[i]
@@ -471,6 +489,21 @@ class Delivery:
 def _reply(code, text):
     """The server's reply as a DSN's diagnostic: "550 5.1.1 ..." (typed smtp there), code kept."""
     return b"%d %s" % (code, text if isinstance(text, bytes) else text.encode())
+
+
+def route_groups(mode, recipients):
+    """[(route, [recipients])]: one group per recipient domain (mx), or one group (smarthost)."""
+    if mode == "smarthost":
+        return [("smarthost", list(recipients))]
+    by = {}
+    order = []
+    for r in recipients:
+        dom = _domain(r)
+        if dom not in by:
+            by[dom] = []
+            order.append(dom)
+        by[dom].append(r)
+    return [(dom, by[dom]) for dom in order]
 
 
 def _status(text, default):
