@@ -52,3 +52,28 @@ def test_hanging_dns_lookup_does_not_stall_intake(tmp_path):
         assert len(mta.messages()) == 6
     finally:
         dns.stop()
+
+
+def test_tls_handshake_that_never_finishes_does_not_stall_intake(tmp_path):
+    port = free_port("127.0.0.2")
+    silent = socket.socket()
+    silent.bind(("127.0.0.2", port))
+    silent.listen(8)                             # implicit TLS: the client speaks first, nobody answers
+    try:
+        relay = {"mode": "smarthost", "smarthost": "127.0.0.2:%d" % port, "tls": "implicit", "timeout": 2,
+                 "retry_min": 60, "retry_max": 120}
+        with MTA(tmp_path, relay=relay) as mta:
+            with smtplib.SMTP("127.0.0.1", mta.port, timeout=10) as s:
+                s.sendmail("a@lan.example", ["b@example.org"], b"Subject: 1\r\n\r\nx\r\n")
+                time.sleep(0.3)                  # the handshake is hanging now
+                t0 = time.time()
+                for i in range(5):
+                    s.sendmail("a@lan.example", ["b@example.org"], b"Subject: more\r\n\r\nx\r\n")
+                assert time.time() - t0 < 2, "intake stalled behind a TLS handshake"
+            deadline = time.time() + 8
+            while time.time() < deadline and "status=deferred" not in mta.log():
+                time.sleep(0.2)
+            assert "status=deferred" in mta.log(), mta.log()[-2000:]
+        assert len(mta.messages()) == 6
+    finally:
+        silent.close()

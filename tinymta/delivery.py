@@ -39,6 +39,7 @@ class Delivery:
         self.last_error = None  # (hop, stage, text)
         self.sock = None
         self.connecting = False
+        self.handshake = None       # "starttls" | "implicit" while a TLS handshake is under way
 
     # --- groups and hosts -----------------------------------------------------------
     def next_group(self):
@@ -155,6 +156,9 @@ class Delivery:
     # --- socket events ------------------------------------------------------------
     def on_ready(self, ev):
         client = self.client
+        if self.handshake is not None:
+            self._handshake_step()
+            return
         if self.connecting:
             self.connecting = False
             if ev & (netio.POLLERR | netio.POLLHUP) and not ev & netio.POLLIN:
@@ -162,7 +166,7 @@ class Delivery:
                 self._events()
                 return
             if self.relay.cfg.relay.tls == "implicit" and self.mode == "smarthost":
-                if not self._wrap():
+                if not self._wrap("implicit") or self.handshake is not None:
                     return
         if ev & netio.POLLOUT:
             self._write()
@@ -178,7 +182,9 @@ class Delivery:
         self._watch()
 
     def _watch(self):
-        if self.sock is not None:
+        if self.sock is not None and self.handshake is not None:
+            self.relay.server.watch(self.sock, self.hs_want, self.on_ready)
+        elif self.sock is not None:
             want = netio.POLLIN
             if self.connecting or self.out or self.body_iter is not None:  # connected: POLLOUT
                 want |= netio.POLLOUT
@@ -233,22 +239,59 @@ class Delivery:
                 self.out.extend(self.client.body(self.lookahead))
             self.lookahead = nxt
 
-    def _wrap(self):
+    def _wrap(self, why):
+        """Start TLS on the socket (why: "starttls" or "implicit"); False when it failed at once.
+
+        CPython: a non-blocking handshake, stepped by the loop (on_ready).  MicroPython: blocking,
+        bounded by a 30 s socket timeout."""
         r = self.relay.cfg.relay
         verify = self.mode == "smarthost"
         try:
             ctx = compat.client_tls_context(r.ca_file, verify)
             self.relay.server.unwatch(self.sock)
-            self.sock.setblocking(True)
-            self.sock.settimeout(30)
-            self.sock = ctx.wrap_socket(self.sock, server_hostname=self.host)
-            self.sock.setblocking(False)
+            if compat.MICROPYTHON:
+                self.sock.setblocking(True)
+                self.sock.settimeout(30)
+                self.sock = ctx.wrap_socket(self.sock, server_hostname=self.host)
+                self.sock.setblocking(False)
+            else:
+                self.sock = ctx.wrap_socket(self.sock, server_hostname=self.host, do_handshake_on_connect=False)
+                self.handshake, self.hs_want = why, netio.POLLOUT
+                self._watch()
+                return True
         except (OSError, ValueError) as e:
-            self.client.tls_failed(compat.decode_utf8_replace(str(e).encode()))
-            self._events()
+            self._tls_failed(e)
             return False
-        self._watch()
+        self._tls_done(why)
         return True
+
+    def _handshake_step(self):
+        try:
+            self.sock.do_handshake()
+        except OSError as e:
+            name = type(e).__name__
+            if name == "SSLWantReadError":
+                self.hs_want = netio.POLLIN
+            elif name == "SSLWantWriteError":
+                self.hs_want = netio.POLLOUT
+            else:
+                self.handshake = None
+                self._tls_failed(e)
+                return
+            self._watch()
+            return
+        why, self.handshake = self.handshake, None
+        self._tls_done(why)
+
+    def _tls_done(self, why):
+        if why == "starttls":
+            self.client.tls_started()
+            self._events()
+        self._watch()
+
+    def _tls_failed(self, e):
+        self.client.tls_failed(compat.decode_utf8_replace(str(e).encode()))
+        self._events()
 
     def _events(self):
         c = self.client
@@ -261,8 +304,9 @@ class Delivery:
                 self.out.extend(ev[1])
             elif kind == "starttls":
                 self._write()
-                if c is self.client and self._wrap():     # (not if that write lost the link)
-                    c.tls_started()
+                if c is self.client:                      # (not if that write lost the link)
+                    self._wrap("starttls")
+                    return                                # tls_started() once the handshake is done
             elif kind == "ready":
                 nxt = None
                 if self.sent and not self.groups:
@@ -343,6 +387,7 @@ class Delivery:
         self.relay.queue.hop_failed(hop, compat.unix_time(), stage, text)
 
     def _close(self):
+        self.handshake = None
         if self.sock is not None:
             self.relay.server.unwatch(self.sock)
             try:

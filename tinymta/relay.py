@@ -18,9 +18,8 @@ server's reply ("550 5.1.1 ...").
 Name lookups (MX and the smarthost's name) run in a worker thread on CPython, so a slow resolver
 never stalls intake; on MicroPython they run inline (bounded by the resolver's lifetime).
 When a message is done and another due message goes the same route, the open connection carries
-it on (RSET if needed, then MAIL): one session for a backlog, not one per message.
-Known simplification: a TLS handshake (STARTTLS or implicit) blocks the loop for at most its
-timeout (30 s).  This module must not know the SMTP grammar (client.py), sockets (delivery.py)
+it on (RSET if needed, then MAIL): one session for a backlog, not one per message.  TLS
+handshakes are non-blocking on CPython; on MicroPython they block for at most 30 s.  This module must not know the SMTP grammar (client.py), sockets (delivery.py)
 or the spool's format.
 """
 from tinymta import compat
