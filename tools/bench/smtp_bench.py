@@ -390,9 +390,9 @@ class Server:
     name = "?"
     pid = None          # the process whose memory is sampled (tinymta, aiosmtpd), or the master
 
-    def __init__(self, work):
+    def __init__(self, work, addr=None):
         self.work = work
-        self.addr = ADDR[self.name]
+        self.addr = addr or ADDR[self.name]
         self.target = "%s:%d" % self.addr
 
     def prepare(self):
@@ -464,10 +464,11 @@ smtputf8_enable = no
 class Postfix(Server):
     """A private Postfix: `postfix -c DIR start-fg`, stopped by SIGTERM to its master's PID."""
 
-    def __init__(self, work, name, relay, sink=None):
+    def __init__(self, work, name, relay, sink=None, addr=None, extra_cf=""):
         self.name = name
-        super().__init__(work)
+        super().__init__(work, addr)
         self.relay, self.sink = relay, sink
+        self.extra_cf = extra_cf    # more main.cf lines (relay_bench.py: a transport map)
         self.dir = os.path.join(work, name.replace("+", "-"))
         self.etc = os.path.join(self.dir, "etc")
         self.spool = os.path.join(self.dir, "spool")
@@ -482,10 +483,11 @@ class Postfix(Server):
         shutil.chown(os.path.join(self.dir, "data"), "postfix", "postfix")
         os.chmod(os.path.join(self.dir, "data"), 0o700)
         ip, port = self.addr
-        sink_ip, sink_port = ADDR["smtp-sink"]
+        sink_ip, sink_port = self.sink.addr if self.sink is not None else ADDR["smtp-sink"]
         # accept-only: every message is put on hold (cleanup finishes it in hold/ and does not
         # wake the queue manager), so nothing is delivered and the mail stays on disk
         extra = "" if self.relay else "smtpd_client_restrictions = check_client_access static:HOLD\n"
+        extra += self.extra_cf
         with open(os.path.join(self.etc, "main.cf"), "w") as f:
             f.write(POSTFIX_MAIN_CF.format(dir=self.dir, host=self.name.replace("+", "-") + ".bench.test", ip=ip,
                                            sink_ip=sink_ip, sink_port=sink_port, extra=extra))
@@ -562,9 +564,9 @@ class Postfix(Server):
 class SmtpSink:
     """smtp-sink as the relay target of postfix+relay; counts messages (-c)."""
 
-    def __init__(self, work):
-        self.addr = ADDR["smtp-sink"]
-        self.log_path = os.path.join(work, "smtp-sink.out")
+    def __init__(self, work, addr=None, log_name="smtp-sink.out"):
+        self.addr = addr or ADDR["smtp-sink"]
+        self.log_path = os.path.join(work, log_name)
         self.proc = None
 
     def start(self):
@@ -646,8 +648,8 @@ class TinyMTA(Server):
     """`python -m tinymta serve -c FILE`, restarted with a fresh spool before every timed run."""
     name = "tinymta"
 
-    def __init__(self, work, spool_size, sector, src):
-        super().__init__(work)
+    def __init__(self, work, spool_size, sector, src, addr=None, relay=None):
+        super().__init__(work, addr)
         self.src = src          # the directory holding the tinymta package snapshot
         self.dir = os.path.join(work, "tinymta")
         os.makedirs(self.dir, exist_ok=True)
@@ -658,17 +660,21 @@ class TinyMTA(Server):
                        "max_message_size": "1M"},
             "spool": {"path": self.spool_path, "size": spool_size, "sector_size": sector, "prog_unit": 4096},
             "console": {"socket": ""},
-            "relay": {"mode": "none"},     # accept rate only (like Postfix on hold); never DNS
+            "relay": relay or {"mode": "none"},     # accept rate only (like Postfix on hold); never DNS
             "log": {"level": "info"},
         }
-        with open(self.cfg_path, "w") as f:
-            json.dump(self.cfg, f, indent=1)
+        self.write_cfg()
         self.proc = None
         self.idle = []          # VmRSS right after READY, one per start
         self.start_hwm = []     # VmHWM then: the peak of start-up (creating and mounting the spool)
         self.starts = 0
         self.start_s = []
         self.stop_rcs = []
+
+    def write_cfg(self):
+        """(Re)write the config file from self.cfg; the next start reads it."""
+        with open(self.cfg_path, "w") as f:
+            json.dump(self.cfg, f, indent=1)
 
     def env(self):
         return dict(os.environ, PYTHONPATH=self.src)
