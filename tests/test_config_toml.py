@@ -53,6 +53,7 @@ retry_max = "1h"
 max_age = "2d"
 timeout = "2m"
 data_timeout = 900
+max_deliveries = 2
 
 [console]
 serial = "/dev/ttyS0"
@@ -75,7 +76,7 @@ FULL_JSON = {
     "relay": {"mode": "smarthost", "smarthost": "smtp.example.org:465", "tls": "implicit",
               "username": "alerts@example.org", "password_file": "/etc/tinymta/password",
               "ca_file": "/etc/ssl/certs/ca-certificates.crt", "dns_servers": ["127.0.0.1:5353"], "mx_port": 2525,
-              "retry_min": 60, "retry_max": 3600, "max_age": 172800, "timeout": 120, "data_timeout": 900},
+              "retry_min": 60, "retry_max": 3600, "max_age": 172800, "timeout": 120, "data_timeout": 900, "max_deliveries": 2},
     "console": {"serial": "/dev/ttyS0", "baud": 9600, "socket": "/run/tinymta.sock", "password": "console-secret"},
     "log": {"level": "debug"},
 }
@@ -205,6 +206,7 @@ MESSAGES = [
     ("[relay]\nretry_min = 0", 'relay.retry_min: must be a duration >= 1 s: integer seconds or "30s", "5m", "1h",'
      ' "5d", got 0'),
     ("[relay]\nretry_min = '2h'", "relay.retry_max: must be >= relay.retry_min (7200), got 3600"),
+    ("[relay]\nmax_deliveries = 0", "relay.max_deliveries: must be an integer >= 1, got 0"),
     ("[relay]\ntimeout = 0", 'relay.timeout: must be a duration >= 1 s: integer seconds or "30s", "5m", "1h",'
      ' "5d", got 0'),
     ("[relay]\ndata_timeout = 'x'", 'relay.data_timeout: must be a duration >= 1 s: integer seconds or "30s", "5m",'

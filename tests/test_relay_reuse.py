@@ -16,7 +16,7 @@ def test_queued_messages_share_connections(tmp_path):
             with smtplib.SMTP("127.0.0.1", mta.port, timeout=10) as s:
                 for i in range(10):
                     s.sendmail("a@lan.example", ["ops%d@example.org" % i], MSG % (i, i))
-        relay = {"mode": "smarthost", "smarthost": "127.0.0.2:%d" % port, "tls": "none"}
+        relay = {"mode": "smarthost", "smarthost": "127.0.0.2:%d" % port, "tls": "none", "max_deliveries": 2}
         with MTA(tmp_path, relay=relay) as mta:
             deadline = time.time() + 20
             while time.time() < deadline and (sink.counters()["mesg"] < 10 or len(mta.messages()) > 0):

@@ -195,6 +195,7 @@ SCHEMA = (
     ("relay", "retry_min", 300, "duration", 1),
     ("relay", "retry_max", 3600, "duration", 1),
     ("relay", "max_age", 432000, "duration", 1),
+    ("relay", "max_deliveries", 4, "int", 1),       # deliveries in flight at once
     ("relay", "timeout", 300, "duration", 1),        # greeting, MAIL, RCPT, other commands (RFC 5321 4.5.3.2)
     ("relay", "data_timeout", 600, "duration", 1),   # the reply to the final dot
     ("console", "serial", None, "opt", None),

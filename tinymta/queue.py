@@ -61,10 +61,26 @@ class Queue:
         return min(delay, self.retry_max)
 
     def due(self, now, limit=0):
-        got = [e for e in self.entries.values() if not e.held and not e.busy and e.next_try <= now]
-        got.sort(key=lambda e: (e.next_try, e.id))      # full key: MicroPython's sort is not stable
-        ids = [e.id for e in got]
-        return ids[:limit] if limit else ids
+        """Due message ids, oldest first: all of them, or the `limit` oldest without sorting the rest."""
+        if not limit:
+            got = [(e.next_try, e.id) for e in self.entries.values()
+                   if not e.held and not e.busy and e.next_try <= now]
+            got.sort()                                  # a full key: MicroPython's sort is not stable
+            return [k[1] for k in got]
+        best = []                                       # the `limit` smallest (next_try, id), sorted
+        for e in self.entries.values():
+            if e.held or e.busy or e.next_try > now:
+                continue
+            key = (e.next_try, e.id)
+            if len(best) >= limit:
+                if key >= best[-1]:
+                    continue
+                best.pop()
+            i = len(best)
+            while i and best[i - 1] > key:              # insertion into a short sorted list
+                i -= 1
+            best.insert(i, key)
+        return [k[1] for k in best]
 
     def next_due(self):
         """The earliest next_try of a message that could be tried, or None."""

@@ -29,7 +29,6 @@ from tinymta.queue import Queue
 from tinymta.spoolfmt import SpoolError, SpoolFull, format_id
 
 log = compat.get_logger("relay")
-MAX_ACTIVE = 2          # deliveries at once
 
 
 class Relay:
@@ -54,6 +53,7 @@ class Relay:
         if r.password_file:
             self.password = compat.read_file(r.password_file).strip()
         self.active = {}
+        self.acks_unsynced = False
         now = compat.unix_time()
         for m in self.spool.messages():
             self.queue.add(m.id, m.arrived, now)          # after a restart: due at once
@@ -68,8 +68,15 @@ class Relay:
         for d in list(self.active.values()):
             d.poll_dns()
             d.check_timeout(now_ms)
-        if len(self.active) < MAX_ACTIVE and self.cfg.relay.mode != "none":
-            for msg_id in self.queue.due(now, MAX_ACTIVE - len(self.active)):
+        if self.acks_unsynced:          # one sync for every ack of this loop pass
+            self.acks_unsynced = False
+            try:
+                self.spool.flush()
+            except SpoolError as e:
+                log.error("spool sync of delivery records failed: %s", e)
+        limit = self.cfg.relay.max_deliveries
+        if len(self.active) < limit and self.cfg.relay.mode != "none":
+            for msg_id in self.queue.due(now, limit - len(self.active)):
                 if msg_id not in self.spool:
                     self.queue.remove(msg_id)
                     continue
@@ -101,7 +108,7 @@ class Relay:
                 self._bounce(d.msg, d.failed)
             if done:
                 self.spool.ack(d.msg.id, done)
-                self.spool.flush()
+                self.acks_unsynced = True     # synced at the end of this loop pass (tick)
         except SpoolError as e:
             log.error("%s: spool update failed: %s", format_id(d.msg.id), e)
         left = [r for r in d.msg.recipients if r not in done]

@@ -76,3 +76,13 @@ def test_hop_health():
     q.hop_failed("smtp.example:587", 10, "AUTH", "535 5.7.8 bad credentials")
     q.hop_ok("smtp.example:587", 20)
     assert q.hops["smtp.example:587"] == [20, 10, ("AUTH", "535 5.7.8 bad credentials")]
+
+
+def test_due_with_a_limit_is_the_oldest_in_order():
+    q = Queue()
+    for i in range(200):
+        q.add(i, 0, (i * 7919) % 101)            # scattered due times
+    full = q.due(1000)
+    assert full == sorted(full, key=lambda m: ((m * 7919) % 101, m))
+    for limit in (1, 2, 4, 9):
+        assert q.due(1000, limit) == full[:limit]

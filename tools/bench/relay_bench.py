@@ -579,14 +579,19 @@ def main(argv=None):
     else:
         print("tinymta at %s%s; the package is copied once (sha256 %s)" % (
             head, " + uncommitted changes to " + ", ".join(dirty) if dirty else "", machine["tinymta_sha256"][:16]))
-    with open(os.path.join(src, "tinymta", "relay.py")) as f:
-        machine["relay_max_active"] = next((l.split("=")[1].split("#")[0].strip() for l in f
-                                            if l.startswith("MAX_ACTIVE")), None)
+    # deliveries in flight: relay.max_deliveries's default in that tree (MAX_ACTIVE in older ones)
+    with open(os.path.join(src, "tinymta", "config.py")) as f:
+        machine["relay_max_active"] = next((l.split(",")[2].strip() for l in f
+                                            if '("relay", "max_deliveries",' in l), None)
+    if machine["relay_max_active"] is None:
+        with open(os.path.join(src, "tinymta", "relay.py")) as f:
+            machine["relay_max_active"] = next((l.split("=")[1].split("#")[0].strip() for l in f
+                                                if l.startswith("MAX_ACTIVE")), None)
     machine["loadavg_start"] = os.getloadavg()[0]
     print("work dir %s on %s (%s); load average (1 min) before the run: %.2f" % (
         work, fsdev, fstype, machine["loadavg_start"]))
     print("load: smtp-source -d -s %d -m %d -l %d into each relay, %d trial(s), alternating the order; "
-          "tinymta relay.MAX_ACTIVE = %s" % (args.sessions, args.messages, args.size, args.trials,
+          "tinymta relay.max_deliveries = %s" % (args.sessions, args.messages, args.size, args.trials,
                                              machine["relay_max_active"]), flush=True)
 
     sink_t = CountingSink(work, "sink-tinymta")
