@@ -34,6 +34,9 @@ def _build_parser():
     k = ssub.add_parser("cat", help="write one message's stored bytes to standard output")
     k.add_argument("file")
     k.add_argument("id")
+    sub.add_parser("sendmail", add_help=False,
+                   help="sendmail(1) for cron & co: hand standard input to the local tinymta"
+                        " (-t, -f FROM, -F NAME, -i, -c FILE, recipients; see tinymta/sendmail.py)")
     pw = sub.add_parser("passwd", help="hash a password (read from standard input) into a users-file line")
     pw.add_argument("--iterations", type=int, default=None, metavar="N",
                     help="PBKDF2 iterations (default 100000; fewer for slow boards, see tinymta/auth.py)")
@@ -77,6 +80,13 @@ def _passwd(user, iterations):
 
 
 def main(argv=None):
+    raw = sys.argv[1:] if argv is None else list(argv)
+    if raw and raw[0] == "sendmail":  # sendmail's flag style is not argparse's: raw argv through
+        from tinymta import sendmail
+        try:
+            return sendmail.main(raw[1:])
+        except KeyboardInterrupt:
+            return 75  # EX_TEMPFAIL: the caller keeps the mail
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
