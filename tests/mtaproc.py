@@ -114,13 +114,11 @@ class MTA:
     def spool(self):
         """The spool as a stopped tinymta would find it (read-only mount)."""
         from tinymta.blockdev import FileBlockDevice
-        from tinymta.spool import Spool
-        sc = self.config["spool"]
         from tinymta.config import from_dict
-        cfg = from_dict(self.config)
-        dev = FileBlockDevice(self.spool_path, size=cfg.spool.size, block_size=cfg.spool.sector_size,
-                              prog_unit=cfg.spool.prog_unit, create=False, readonly=True)
-        del sc
+        from tinymta.spool import Spool
+        sc = from_dict(self.config).spool
+        dev = FileBlockDevice(self.spool_path, size=sc.size, block_size=sc.sector_size,
+                              prog_unit=sc.prog_unit, create=False, readonly=True)
         return Spool(dev, readonly=True)
 
     def messages(self):

@@ -8,7 +8,6 @@ import email
 import email.policy
 import email.utils
 
-from tinymta import compat
 from tinymta.bounce import build_dsn
 
 ARRIVED = 1795000000

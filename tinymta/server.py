@@ -14,7 +14,7 @@ where mail goes next (relay).
 """
 from tinymta import compat, netio
 from tinymta.config import ip_allowed, domain_allowed
-from tinymta.intake import Intake, R_STORAGE, R_LOCAL_ERROR, text as _text
+from tinymta.intake import Intake, R_STORAGE, text as _text
 from tinymta.session import Session, Policy
 
 log = compat.get_logger("smtpd")

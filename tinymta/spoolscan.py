@@ -273,21 +273,20 @@ def _finish(dev, scan, found, partial):
             continue
         offs = array("I")
         total = 0
-        missing = corrupt = torn = False
+        corrupt = torn = False
         for i in range(last + 1):
             copies = frags.get(i)
-            if copies is None:
-                missing = True
+            if copies is None:          # a fragment index never written: incomplete
                 break
             chosen = None
             for j in range(len(copies) - 1, -1, -1):
                 off, length, pcrc = copies[j]
-                if fmt.seq_diff(scan.head_seq, scan.seq_of(off // e)) > window:
+                sq = scan.seq_of(off // e)
+                if fmt.seq_diff(scan.head_seq, sq) > window:
                     continue        # in a sector the tail has already passed
                 if payload_crc(dev, e, off, length, chunk) == pcrc:
                     chosen = copies[j]
                     break
-                sq = scan.seq_of(off // e)
                 if sq in scan.boot_ends and scan.last_record.get(sq) == off:
                     torn = True     # the last thing a boot wrote, cut short: never committed
                 else:
