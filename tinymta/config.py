@@ -46,7 +46,7 @@ from tinymta.compat import MICROPYTHON
 from tinymta.netaddr import (HOSTCHARS as _HOSTCHARS, format_hostport, format_ip,  # noqa: F401
                              in_networks, parse_cidr, parse_hostport, parse_ip)  # (re-exported)
 
-SECTIONS = ("server", "spool", "relay", "console", "log")
+SECTIONS = ("server", "spool", "relay", "console", "log", "board")
 TLS_MODES = ("none", "opportunistic", "starttls", "implicit")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _MIB = 1 << 20
@@ -203,9 +203,15 @@ SCHEMA = (
     ("console", "socket", "tinymta.sock", "opt", None),
     ("console", "password", None, "opt", None),
     ("log", "level", "info", "enum", LOG_LEVELS),
+    # Boards (see board/*.toml and firmware/): unset on a plain Linux host.
+    ("board", "name", None, "opt", None),           # the board/ profile this config was built from
+    ("board", "led", None, "opt", None),            # status LED pin ("LED", "25", "2"); unset: none
+    ("board", "watchdog_ms", 0, "int", 0),          # hardware watchdog timeout; 0: off
+    ("board", "wifi_ssid", None, "opt", None),      # MicroPython boards: join this network at boot
+    ("board", "wifi_password", None, "opt", None),
 )
 KEYS = [s + "." + k for s, k, _, _, _ in SCHEMA]
-SECRET_KEYS = ("console.password",)
+SECRET_KEYS = ("console.password", "board.wifi_password")
 
 
 class Section:
