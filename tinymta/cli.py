@@ -18,12 +18,34 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+_CTL_COMMANDS = (   # name, takes queue ids, help
+    ("status", False, "uptime, spool, queue and hop health"),
+    ("mailq", False, "list the queue"),
+    ("flush", False, "try every deferred message now"),
+    ("hold", True, "hold messages"),
+    ("release", True, "release held messages"),
+    ("delete", True, "delete messages (no bounce)"),
+    ("retry", True, "try messages now"),
+    ("show", True, "show a message's envelope, state and headers"),
+)
+
+
 def _build_parser():
     p = _Parser(prog="tinymta", description="An embedded MTA for single-board computers.")
     p.add_argument("--version", action="version", version="tinymta " + __version__)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sv = sub.add_parser("serve", help="run the MTA (the defaults of DESIGN.md without -c)")
     sv.add_argument("-c", "--config", metavar="FILE", help="TOML (or JSON) configuration file")
+    sv.add_argument("--console", action="store_true", help="also run the console on this terminal")
+    for name, needs, text in _CTL_COMMANDS:
+        q = sub.add_parser(name, help=text + " (over the running MTA's control socket)")
+        if needs:
+            q.add_argument("ids", nargs="+", metavar="ID", help="queue id(s), as mailq shows them")
+        q.add_argument("--json", action="store_true", help="one line of JSON per answer")
+        q.add_argument("-c", "--config", metavar="FILE", help="the config file serve uses (for console.socket)")
+    cn = sub.add_parser("console", help="open a device's serial console (history; picocom works too)")
+    cn.add_argument("port", help="serial device, e.g. /dev/ttyACM0")
+    cn.add_argument("--baud", type=int, default=115200, metavar="N", help="baud rate (default 115200)")
     sp = sub.add_parser("spool", help="inspect a spool file offline")
     ssub = sp.add_subparsers(dest="spool_command", metavar="ACTION")
     c = ssub.add_parser("check", help="verify every live message; exit 1 when damage is found")
@@ -41,6 +63,12 @@ def _build_parser():
     pw.add_argument("--iterations", type=int, default=None, metavar="N",
                     help="PBKDF2 iterations (default 100000; fewer for slow boards, see tinymta/auth.py)")
     pw.add_argument("user")
+    ins = sub.add_parser("install", help="set tinymta up as a systemd service on a Linux board"
+                                         " (config, user, spool, unit, sendmail; see tinymta/install.py)")
+    ins.add_argument("--board", required=True, metavar="NAME", help="board profile (board/NAME.toml) or a .toml path")
+    ins.add_argument("--root", metavar="DIR", help="install into this staging root instead of /")
+    ins.add_argument("-c", "--config", metavar="USERCONFIG", help="your config (TOML/JSON), laid over the profile's")
+    ins.add_argument("--force", action="store_true", help="replace an edited /etc/tinymta/tinymta.toml")
     return p
 
 
@@ -96,12 +124,21 @@ def main(argv=None):
         if args.command == "serve":
             from tinymta.mta import serve, StartupError
             try:
-                return serve(args.config)
+                return serve(args.config, args.console)
             except StartupError as e:
                 sys.stderr.write("tinymta: %s\n" % e)
                 return 2
+        if args.command in [c[0] for c in _CTL_COMMANDS]:
+            from tinymta import ctl
+            return ctl.run(args.command, getattr(args, "ids", None), args.json, args.config)
+        if args.command == "console":
+            from tinymta import ctl
+            return ctl.console(args.port, args.baud)
         if args.command == "passwd":
             return _passwd(args.user, args.iterations)
+        if args.command == "install":
+            from tinymta import install
+            return install.main(args)
         if args.command == "spool":
             from tinymta import spooltool
             if args.spool_command == "check":

@@ -302,6 +302,13 @@ def set_log_sink(fn):
     _log_sink[0] = fn
 
 
+_log_tap = [None]   # a callable(line) that sees every line as well (the console's `log` ring)
+
+
+def set_log_tap(fn):
+    _log_tap[0] = fn
+
+
 class Logger:
     """Postfix-style 'name: message' lines to stderr; no logging module at import time."""
 
@@ -314,6 +321,9 @@ class Logger:
         if args:
             msg = msg % args
         line = "tinymta/%s: %s%s" % (self.name, label, msg)
+        tap = _log_tap[0]
+        if tap is not None:
+            tap(line)
         sink = _log_sink[0]
         if sink is not None:
             sink(line)

@@ -37,8 +37,9 @@ def open_spool(cfg):
                            % (sc.path, e, sc.sector_size, sc.prog_unit))
 
 
-def build(cfg, spool=None):
-    """A ready Server for cfg (listening sockets open)."""
+def build(cfg, spool=None, console_stdin=False):
+    """A ready Server for cfg (listening sockets open, relay and console attached).
+    console_stdin: also run the console on standard input (`serve --console`)."""
     from tinymta.server import Server
     srv_cfg = cfg.server
     users = None
@@ -73,6 +74,17 @@ def build(cfg, spool=None):
         srv.close_listeners()
         srv.spool.close()
         raise StartupError("relay: %s" % compat.os_error_text(e) if isinstance(e, OSError) else "relay: %s" % e)
+    from tinymta.console import Console, LogRing
+    from tinymta.consoleio import attach
+    ring = LogRing()
+    compat.set_log_tap(ring)
+    try:
+        srv.closers = attach(srv, Console(srv, ring), cfg, console_stdin)
+    except (OSError, ValueError) as e:
+        srv.close_listeners()
+        srv.spool.close()
+        raise StartupError(str(e) if isinstance(e, ValueError) else
+                           "control socket %s: %s" % (cfg.console.socket, compat.os_error_text(e)))
     return srv
 
 
@@ -91,14 +103,14 @@ def _install_signals(srv):
     signal.signal(signal.SIGINT, stop)
 
 
-def serve(path=None):
+def serve(path=None, console_stdin=False):
     """Load the config, start the MTA and run until SIGTERM/SIGINT; 0 on a clean stop."""
     try:
         cfg = load(path)
     except ConfigError as e:
         raise StartupError(str(e))
     compat.set_log_level(cfg.log.level)
-    srv = build(cfg)
+    srv = build(cfg, console_stdin=console_stdin)
     log.info("tinymta ready: listening on %s, spool %s (%d messages), hostname %s",
              " ".join("%s:%d" % a for a in cfg.server.listen), cfg.spool.path, len(srv.spool), cfg.server.hostname)
     sys.stdout.write("READY\n")     # readiness line for supervisors and tests
@@ -117,11 +129,15 @@ def serve(path=None):
 
 def main_micropython(argv):
     """`micropython -m tinymta serve [-c FILE]`: the board's command line, without argparse."""
+    argv = list(argv)
+    stdin = "--console" in argv
+    if stdin:
+        argv.remove("--console")
     if not argv or argv[0] != "serve" or len(argv) not in (1, 3) or (len(argv) == 3 and argv[1] != "-c"):
-        sys.stderr.write("usage: micropython -m tinymta serve [-c config.json]\n")
+        sys.stderr.write("usage: micropython -m tinymta serve [-c config.json] [--console]\n")
         return 2
     try:
-        return serve(argv[2] if len(argv) == 3 else None)
+        return serve(argv[2] if len(argv) == 3 else None, stdin)
     except StartupError as e:
         sys.stderr.write("tinymta: %s\n" % e)
         return 2

@@ -54,6 +54,7 @@ class Relay:
             self.password = compat.read_file(r.password_file).strip()
         self.active = {}
         self.acks_unsynced = False
+        self.stats = {"delivered": 0, "bounced": 0, "deferred": 0}     # recipients, since start
         now = compat.unix_time()
         for m in self.spool.messages():
             self.queue.add(m.id, m.arrived, now)          # after a restart: due at once
@@ -112,6 +113,11 @@ class Relay:
         except SpoolError as e:
             log.error("%s: spool update failed: %s", format_id(d.msg.id), e)
         left = [r for r in d.msg.recipients if r not in done]
+        st = self.stats
+        st["delivered"] += len(d.delivered)
+        st["bounced"] += len(d.failed)
+        if left:
+            st["deferred"] += len(left)
         if not left:
             self.queue.delivered(d.msg.id, now)
             return
@@ -124,6 +130,7 @@ class Relay:
                 self.spool.flush()
             except SpoolError as e:     # as above: logged; never out of the loop (it would stop)
                 log.error("%s: spool update failed: %s", format_id(d.msg.id), e)
+            st["bounced"] += len(left)
             self.queue.remove(d.msg.id)
 
     def _bounce(self, msg, failed):
@@ -146,10 +153,17 @@ class Relay:
         dsn = build_dsn(self.cfg.server.hostname, msg.sender, msg.arrived,
                         [(r, s, d, h) for r, s, d, h in failed], bytes(headers), format_id(msg.id), now)
         try:
-            w = self.spool.writer("", [msg.sender], len(dsn))
-            w.write(dsn)
-            bid = w.commit()
-            self.queue.add(bid, now, now)
+            bid = self.submit("", [msg.sender], dsn)
             log.info("%s: sender non-delivery notification: %s", format_id(msg.id), format_id(bid))
         except SpoolFull:
             log.error("%s: no room for the bounce to <%s>", format_id(msg.id), msg.sender)
+
+    def submit(self, sender, recipients, data):
+        """Queue a message made here (a bounce, the console's test mail); durable on return.
+        Raises SpoolFull when there is no room (nothing is stored then)."""
+        w = self.spool.writer(sender, recipients, len(data))
+        w.write(data)
+        msg_id = w.commit()
+        now = compat.unix_time()
+        self.queue.add(msg_id, now, now)
+        return msg_id

@@ -67,6 +67,7 @@ class Server(Intake):
         self.hooks = []             # callables(now_ms) run once per loop pass
         self.watched = {}           # id(obj) -> callable(events): other parts' sockets in this loop
         self.on_queued = None       # callable(msg_id) told of every message made durable (the relay)
+        self.closers = []           # objects whose close() runs at shutdown (console transports)
         self.running = False
         self.stats = {"received": 0, "rejected": 0, "connections": 0}
         self._wake = netio.wakeup_pair()    # stop() from a signal handler ends a poll() at once
@@ -139,6 +140,11 @@ class Server(Intake):
                 compat.sleep_ms(10)
         for c in list(self.conns.values()):
             self._close(c)
+        for part in self.closers:
+            try:
+                part.close()
+            except Exception as e:     # a console transport must not keep the spool from closing
+                log.error("closing %r: %r", part, e)
         self.close_listeners()
         if self._wake is not None:
             self.poller.unregister(self._wake[0])
