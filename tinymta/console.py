@@ -371,7 +371,9 @@ class Console:
     def cmd_send(self, sess, args):
         if len(args) != 1:
             raise CommandError("send needs one address: send you@example.com")
-        to = args[0].strip("<>")
+        to = args[0]
+        if to.startswith("<") and to.endswith(">"):
+            to = to[1:-1]
         local, _, domain = to.rpartition("@")
         if not local or "." not in domain or len(to) > 254 or [1 for c in to if c <= " " or c in "<>()[],;:\\\""]:
             raise CommandError("%r is not a mail address" % _clip(args[0]))

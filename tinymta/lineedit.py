@@ -10,7 +10,8 @@ programs send them raw and show whatever comes back, so the device echoes.  The 
 one line in a bytearray and answers each byte from a small table:
 
     printable, UTF-8 bytes   append (if under the limit) and echo; past the limit: BEL, and
-                             the line is refused when it ends ("toolong"), not cut short
+                             the line is refused when it ends ("toolong"), never cut short
+                             (not even when erased back under the limit: bytes were lost)
     BS (0x08), DEL (0x7f)    drop the last character (a whole UTF-8 sequence) and echo "\\b \\b"
     CR, LF, CR LF, LF CR     end the line ("line"); the second byte of a pair is swallowed so
                              one Enter is one line whatever the terminal sends
@@ -92,12 +93,12 @@ class LineEditor:
                 events.append(self._end())
             elif b == BS or b == DEL:
                 if self.buf:
-                    while self.buf and self.buf.pop() & 0xC0 == 0x80:
-                        pass                        # continuation bytes: drop back to the lead byte
+                    i = len(self.buf) - 1
+                    while i and self.buf[i] & 0xC0 == 0x80:
+                        i -= 1                      # continuation bytes: back to the lead byte
+                    self.buf = self.buf[:i]         # (MicroPython's bytearray has no del or pop)
                     if not self.secret:
                         self._show(_ERASE)
-                    if len(self.buf) < self.limit:
-                        self._overflow = False
             elif b == ETX:
                 self.buf = bytearray()
                 self._overflow = False
