@@ -30,7 +30,7 @@ def free_port(host="127.0.0.1"):
 
 class MTA:
     def __init__(self, tmp, runtime="cpython", server=None, spool=None, relay=None, console=None,
-                 log_level="info", heap="2M"):
+                 log_level="info", heap="2M", console_stdin=False):
         self.tmp = str(tmp)
         self.runtime = runtime
         self.port = free_port()
@@ -53,13 +53,15 @@ class MTA:
         self.config = cfg
         self.config_path = os.path.join(self.tmp, "tinymta.json")
         self.heap = heap
+        self.console_stdin = console_stdin      # serve --console: the test writes commands to .proc.stdin
         self.proc = None
         self.log_path = os.path.join(self.tmp, "tinymta.log")
 
     def command(self):
+        extra = ["--console"] if self.console_stdin else []
         if self.runtime == "micropython":
-            return [MICROPYTHON, "-X", "heapsize=" + self.heap, "-m", "tinymta", "serve", "-c", self.config_path]
-        return [sys.executable, "-m", "tinymta", "serve", "-c", self.config_path]
+            return [MICROPYTHON, "-X", "heapsize=" + self.heap, "-m", "tinymta", "serve", "-c", self.config_path] + extra
+        return [sys.executable, "-m", "tinymta", "serve", "-c", self.config_path] + extra
 
     def start(self, timeout=20):
         with open(self.config_path, "w") as f:
@@ -67,14 +69,15 @@ class MTA:
         env = dict(os.environ, PYTHONPATH=ROOT, MICROPYPATH=ROOT + ":.frozen")
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), cwd=self.tmp, env=env, stdout=subprocess.PIPE,
-                                     stderr=self._log, stdin=subprocess.DEVNULL)
+                                     stderr=self._log,
+                                     stdin=subprocess.PIPE if self.console_stdin else subprocess.DEVNULL)
         deadline = time.time() + timeout
         line = b""
         while time.time() < deadline:
             line = self.proc.stdout.readline()
-            if line.strip() == b"READY" or not line:
+            if line.strip().endswith(b"READY") or not line:     # (a stdin console's prompt may come first)
                 break
-        if line.strip() != b"READY":
+        if not line.strip().endswith(b"READY"):
             self.stop()
             raise RuntimeError("tinymta did not start: %r\n%s" % (line, self.log()))
         return self
@@ -99,6 +102,8 @@ class MTA:
                 self.proc.kill()
                 self.proc.wait()
         self.proc.stdout.close()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         self._log.close()
         rc, self.proc = self.proc.returncode, None
         return rc

@@ -63,6 +63,13 @@ password = "console-secret"
 
 [log]
 level = "debug"
+
+[board]
+name = "pico-w"
+led = "LED"
+watchdog_ms = 8000
+wifi_ssid = "sensors"
+wifi_password = "wifi-secret"
 """
 
 FULL_JSON = {
@@ -79,6 +86,8 @@ FULL_JSON = {
               "retry_min": 60, "retry_max": 3600, "max_age": 172800, "timeout": 120, "data_timeout": 900, "max_deliveries": 2},
     "console": {"serial": "/dev/ttyS0", "baud": 9600, "socket": "/run/tinymta.sock", "password": "console-secret"},
     "log": {"level": "debug"},
+    "board": {"name": "pico-w", "led": "LED", "watchdog_ms": 8000, "wifi_ssid": "sensors",
+              "wifi_password": "wifi-secret"},
 }
 
 
@@ -217,6 +226,11 @@ MESSAGES = [
     ("[console]\nserial = false", 'console.serial: must be a string ("" for none), got false'),
     ("[console]\nbaud = '115200'", 'console.baud: must be an integer >= 1, got "115200"'),
     ("[console]\nsocket = []", 'console.socket: must be a string ("" for none), got a list'),
+    ("[board]\nname = 3", 'board.name: must be a string ("" for none), got 3'),
+    ("[board]\nled = 25", 'board.led: must be a string ("" for none), got 25'),
+    ("[board]\nwatchdog_ms = -1", 'board.watchdog_ms: must be an integer >= 0, got -1'),
+    ("[board]\nwifi_ssid = true", 'board.wifi_ssid: must be a string ("" for none), got true'),
+    ("[board]\nwifi_password = {}", 'board.wifi_password: must be a string ("" for none), got a table'),
     ("[console]\npassword = 1234", 'console.password: must be a string ("" for none), got 1234'),
     ("[log]\nlevel = 'verbose'", 'log.level: must be one of "debug", "info", "warning", "error", got "verbose"'),
     ("[log]\nlevel = { a = 1 }", 'log.level: must be one of "debug", "info", "warning", "error", got a table'),
