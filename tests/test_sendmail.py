@@ -1,4 +1,5 @@
 """`tinymta sendmail` as cron & co call it, against a real tinymta (CPython)."""
+import json
 import os
 import socket
 import subprocess
@@ -8,6 +9,7 @@ import threading
 import pytest
 
 from mtaproc import MTA, ROOT, free_port
+from relaykit import SINK_IPS, needs, peers, relay_smarthost, wait_for  # noqa: F401 (peers: a fixture)
 
 CRON_MSG = b"To: ops@example.org\nSubject: cron\n\nout\n.\nmore\n"
 
@@ -141,3 +143,49 @@ def test_usage_exit_64(tmp_path, args, data):
     r = run(args, data, str(cfg))
     assert r.returncode == 64, r.stderr
     assert r.stderr.startswith(b"tinymta: ") and r.stderr.count(b"\n") == 1
+
+
+def test_cron_mail_is_queued_and_relayed(peers):
+    """cron -> tinymta sendmail -t -> tinymta -> smtp-sink (the smarthost): the whole way."""
+    needs("smtp-sink")
+    sink = peers.smtp_sink(SINK_IPS[0])
+    mta = peers.mta(relay=relay_smarthost(SINK_IPS[0], peers.port))
+    r = run(["-FCronDaemon", "-i", "-t"], CRON_MSG, mta.config_path)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: sink.counters()["mesg"] == 1, 20, "the cron mail at the sink")
+    (dump,) = sink.dumps()
+    assert b"Subject: cron\n" in dump and dump.endswith(b"\n\nout\n.\nmore\n\n") and b"ops@example.org" in dump
+    wait_for(lambda: not mta.messages(), 10, "the delivered mail acked in the spool")
+
+
+def test_spool_full_exit_75_and_nothing_lost(tmp_path):
+    """A real tinymta whose spool is full answers 452; sendmail exits 75 and the caller keeps the
+    mail.  Once space is freed the same message goes through."""
+    with MTA(tmp_path, spool={"size": 65536, "sector_size": 4096, "prog_unit": 256},
+             server={"max_message_size": 16384}) as mta:
+        import smtplib
+        accepted, lines = 0, 100            # fill with ever smaller messages until even one line is refused
+        with MTA.smtp(mta) as s:
+            for _ in range(100):
+                try:
+                    s.sendmail("a@lan.example", ["b@example.org"],
+                               b"Subject: filler\r\n\r\n" + (b"x" * 76 + b"\r\n") * lines)
+                    accepted += 1
+                except smtplib.SMTPResponseException as e:
+                    assert e.smtp_code == 452, e
+                    if lines == 1:
+                        break
+                    lines = max(1, lines // 2)
+            else:
+                raise AssertionError("the spool never filled")
+        r = run(["-t"], CRON_MSG, mta.config_path)
+        assert r.returncode == 75 and b"452" in r.stderr and r.stderr.count(b"\n") == 1, r.stderr
+        assert len(mta.messages()) == accepted          # nothing accepted was lost, nothing half-stored
+        q = subprocess.run([sys.executable, "-m", "tinymta", "mailq", "--json", "-c", mta.config_path],
+                           capture_output=True, timeout=30, env=dict(os.environ, PYTHONPATH=ROOT))
+        ids = [m["queue_id"] for m in json.loads(q.stdout)["queue"]]
+        subprocess.run([sys.executable, "-m", "tinymta", "delete"] + ids[:2] + ["-c", mta.config_path],
+                       check=True, capture_output=True, timeout=30, env=dict(os.environ, PYTHONPATH=ROOT))
+        r = run(["-t"], CRON_MSG, mta.config_path)      # the caller's retry, with room again
+        assert r.returncode == 0, r.stderr
+        assert len(mta.messages()) == accepted - 1
