@@ -69,6 +69,22 @@ def _build_parser():
     ins.add_argument("--root", metavar="DIR", help="install into this staging root instead of /")
     ins.add_argument("-c", "--config", metavar="USERCONFIG", help="your config (TOML/JSON), laid over the profile's")
     ins.add_argument("--force", action="store_true", help="replace an edited /etc/tinymta/tinymta.toml")
+    bc = sub.add_parser("build-config", help="compile a MicroPython board's config: profile + TOML -> JSON"
+                                             " (see tinymta/flash.py)")
+    bc.add_argument("--board", required=True, metavar="NAME", help="board profile (board/NAME.toml) or a .toml path")
+    bc.add_argument("-c", "--config", metavar="FILE", help="your config (TOML), laid over the profile's")
+    bc.add_argument("-o", "--output", metavar="FILE", help="write the JSON here (default: standard output)")
+    fl = sub.add_parser("flash", help="put tinymta (.mpy), boot.py, main.py and config.json on a MicroPython"
+                                      " board with mpremote (see tinymta/flash.py)")
+    fl.add_argument("--board", required=True, metavar="NAME", help="board profile (board/NAME.toml) or a .toml path")
+    fl.add_argument("--port", required=True, metavar="DEV", help="the board's serial device (/dev/ttyACM0)")
+    fl.add_argument("-c", "--config", metavar="FILE", help="your config (TOML), laid over the profile's")
+    fl.add_argument("--resume", action="store_true",
+                    help="no soft reset before copying (mpremote resume): keeps a running board's session")
+    fl.add_argument("--emulator", action="store_true",
+                    help="the board is the unix port on a pty (tests/boardsim.py): --resume, and no reset")
+    fl.add_argument("--no-reset", action="store_true", help="do not reset the board after copying")
+    fl.add_argument("--stage", metavar="DIR", help="compile into DIR (new or empty) and keep it")
     return p
 
 
@@ -139,6 +155,16 @@ def main(argv=None):
         if args.command == "install":
             from tinymta import install
             return install.main(args)
+        if args.command in ("build-config", "flash"):
+            from tinymta import flash
+            try:
+                if args.command == "build-config":
+                    return flash.cmd_build_config(args.board, args.config, args.output)
+                return flash.cmd_flash(args.board, args.config, args.port, args.resume, args.emulator,
+                                       args.no_reset, args.stage)
+            except flash.FlashError as e:
+                sys.stderr.write("tinymta: %s\n" % e)
+                return 2
         if args.command == "spool":
             from tinymta import spooltool
             if args.spool_command == "check":
