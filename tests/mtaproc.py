@@ -3,6 +3,7 @@
     with MTA(tmp_path, server={...}, spool={...}) as mta:      # CPython: python -m tinymta serve -c
         mta.port, mta.spool_path, mta.log()                     # ...
     with MTA(tmp_path, runtime="micropython") as mta: ...       # micropython -m tinymta serve -c x.json
+    MTA(tmp_path, runtime="micropython", heap="408K", mpypath=DIR)   # -X heapsize, MICROPYPATH
 
 Ports are chosen by the test (MicroPython cannot bind port 0 and report it).  The child is
 stopped with SIGTERM (or killed with mta.kill()) and always reaped; nothing outlives the test.
@@ -30,7 +31,7 @@ def free_port(host="127.0.0.1"):
 
 class MTA:
     def __init__(self, tmp, runtime="cpython", server=None, spool=None, relay=None, console=None,
-                 log_level="info", heap="2M", console_stdin=False):
+                 log_level="info", heap="2M", console_stdin=False, mpypath=None):
         self.tmp = str(tmp)
         self.runtime = runtime
         self.port = free_port()
@@ -53,6 +54,7 @@ class MTA:
         self.config = cfg
         self.config_path = os.path.join(self.tmp, "tinymta.json")
         self.heap = heap
+        self.mpypath = mpypath      # MicroPython: MICROPYPATH (e.g. .mpy files and the lib/ shims)
         self.console_stdin = console_stdin      # serve --console: the test writes commands to .proc.stdin
         self.proc = None
         self.log_path = os.path.join(self.tmp, "tinymta.log")
@@ -66,7 +68,7 @@ class MTA:
     def start(self, timeout=20):
         with open(self.config_path, "w") as f:
             json.dump(self.config, f)
-        env = dict(os.environ, PYTHONPATH=ROOT, MICROPYPATH=ROOT + ":.frozen")
+        env = dict(os.environ, PYTHONPATH=ROOT, MICROPYPATH=self.mpypath or ROOT + ":.frozen")
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), cwd=self.tmp, env=env, stdout=subprocess.PIPE,
                                      stderr=self._log,

@@ -20,6 +20,9 @@ if not compat.MICROPYTHON:
 
 log = compat.get_logger("relay")
 OUT_HIGH = 16384        # body bytes buffered for the socket before reading more from the spool
+# bytes asked of one recv(): replies are short, and MicroPython allocates the whole size up front
+# (16 KiB blocks fragment a board's heap: a MemoryError there stalled a delivery at 408K)
+RECV_SIZE = 2048 if compat.MICROPYTHON else 16384
 
 
 def _domain(addr):
@@ -173,7 +176,7 @@ class Delivery:
         # ev is about this connection: not about the next host's, if the write ended this one
         if self.sock is not None and self.client is client and ev & (netio.POLLIN | netio.POLLERR | netio.POLLHUP):
             try:
-                data = netio.recv(self.sock, 16384)
+                data = netio.recv(self.sock, RECV_SIZE)
             except OSError:
                 data = b""
             if data is not None:
@@ -211,7 +214,7 @@ class Delivery:
         self.out = bytearray()
         self.body_iter = self.lookahead = None
         try:
-            data = netio.recv(self.sock, 16384)
+            data = netio.recv(self.sock, RECV_SIZE)
         except OSError:
             data = None
         self.client.receive(data)
