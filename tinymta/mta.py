@@ -74,6 +74,8 @@ def build(cfg, spool=None, console_stdin=False):
         srv.close_listeners()
         srv.spool.close()
         raise StartupError("relay: %s" % compat.os_error_text(e) if isinstance(e, OSError) else "relay: %s" % e)
+    if not (cfg.console.serial or console_stdin or (cfg.console.socket and not compat.MICROPYTHON)):
+        return srv                  # no console anywhere: its code is not even loaded (board RAM)
     from tinymta.console import Console, LogRing
     from tinymta.consoleio import attach
     ring = LogRing()

@@ -22,7 +22,9 @@ log = compat.get_logger("smtpd")
 R_RELAY = b"550 5.7.1 Relay access denied"
 R_NOT_FQDN = b"550 5.1.2 Recipient address rejected: need a fully-qualified domain"
 R_BUSY = b"421 4.7.0 %s Too many connections, try again later\r\n"
-READ_SIZE = 16384
+# bytes asked of one recv(): MicroPython allocates the whole size before reading, and 16 KiB
+# blocks fragment a board's heap (BENCHMARKS.md, MicroPython heap); CPython reads big for speed
+READ_SIZE = 2048 if compat.MICROPYTHON else 16384
 
 
 class Connection:
