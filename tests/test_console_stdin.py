@@ -139,6 +139,7 @@ def test_console_in_a_terminal_echoes_and_edits(tmp_path):
     try:
         out = Output(master)
         out.wait_for(0, b"console on mta.test (stdin); type help\r\n" + PROMPT, 20)
+        out.wait_for(0, b"READY\r\n")        # serve prints it after the console's banner
         start = out.mark()
         os.write(master, b"stat\x1b[Dux\x7fs\r")        # a typo mended with DEL, an arrow key swallowed
         got = out.wait_for(start, PROMPT)
