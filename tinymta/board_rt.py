@@ -2,18 +2,21 @@
 
     boot(path)          boot.py: join Wi-Fi (board.wifi_ssid) with a bounded wait, log the outcome
     main(path)          main.py: open the spool, build the MTA (mta.build), add the hooks, run
-    open_spool(cfg)     the spool on rp2.Flash, an esp32.Partition or a file (FileBlockDevice)
+    open_spool(cfg)     the spool in a file (FileBlockDevice), on rp2.Flash or an esp32.Partition
     mta_state(server)   "idle" / "pending" / "error" / "full" for led.StatusLed
 
-spool.path on a board (boards.spool_location writes it): "<partition>[@<offset>]"
+spool.path on a board (boards.spool_location writes it): a file, or "<partition>[@<offset>]"
+    "/<path>"                    a spool file on the board's filesystem (the profiles' default,
+                                 "/tinymta.spool"): FileBlockDevice, created at spool.size on first
+                                 boot.  On littlefs a flush is an atomic commit, but a write into the
+                                 middle of a file rewrites its tail, so it costs more wear and time
+                                 than a partition.
     "flash" / "flash@<offset>"   on rp2: rp2.Flash(start=offset, len=spool.size) inside the flash
                                  storage area.  Refused while the filesystem mounted at / spans
                                  that area (stock firmware mounts littlefs over all of it: two
                                  owners of one flash would destroy both).
     "<label>"                    on ESP32: esp32.Partition.find(TYPE_DATA, label=<label>)
-    anything else                a file (FileBlockDevice): the unix port, or a board without a
-                                 partition (works, but littlefs rewrites a file's tail on every
-                                 sync, so flash wear is far higher than on a partition)
+    anything else                a file too (the unix port's tests use relative names)
 
 The config file is TINYMTA_CONFIG from the environment (the unix port's tests) or config.json in
 the current directory (/ on a board).  Hardware modules (machine, network, rp2, esp32) are looked
@@ -173,7 +176,7 @@ def _rp2_flash(rp2, os, sc, start):
     if fs_bytes > start:
         raise _startup_error("spool.path %s: the filesystem at / spans %d bytes of the flash storage area, "
                              "over the spool at offset %d (it needs firmware that mounts a smaller "
-                             "filesystem, or a spool file: spool.path = \"tinymta.spool\")"
+                             "filesystem, or a spool file: spool.path = \"/tinymta.spool\")"
                              % (sc.path, fs_bytes, start))
     return rp2.Flash(start=start, len=sc.size)
 
@@ -195,6 +198,8 @@ def _esp32_partition(esp32, sc, name, offset):
 
 def open_spool_device(cfg, rp2=None, esp32=None, os=None):
     """The flash partition spool.path names on this hardware, or None for a spool file."""
+    if cfg.spool.path.startswith("/"):
+        return None                                        # a file: no partition lookups
     try:
         name, offset = split_spool_path(cfg.spool.path)
     except ValueError as e:

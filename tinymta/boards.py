@@ -85,31 +85,33 @@ def profile_path(name_or_path, directory=None):
 
 
 # ---- the profile schema --------------------------------------------------------------------------
-# (section, key, kind, required): required is True, False, or the runtime that needs the key
-# (the other runtime refuses it).
+# (section, key, kind, required, runtimes): runtimes are those that use the key (the others refuse
+# it); required is True (every runtime that uses it needs it), False, or the one runtime that
+# needs it.  A MicroPython spool is spool.path (a file) or spool.partition: _check_spool.
 
+_ALL, _MP = RUNTIMES, ("micropython",)
 SCHEMA = (
-    ("board", "name", "str", True),
-    ("board", "description", "str", True),
-    ("board", "runtime", "runtime", True),
-    ("board", "mcu", "str", True),
-    ("board", "micropython_board", "str", "micropython"),  # the MicroPython firmware to flash
-    ("board", "ram", "size", True),
-    ("board", "flash", "size", "micropython"),
-    ("board", "heap", "size", True),
-    ("console", "port", "str", True),
-    ("console", "baud", "int", True),
-    ("spool", "path", "str", "linux"),
-    ("spool", "partition", "str", "micropython"),
-    ("spool", "offset", "size0", "micropython"),
-    ("spool", "size", "size", True),
-    ("spool", "sector_size", "size", True),
-    ("spool", "prog_unit", "size", True),
-    ("led", "pin", "optstr", True),
-    ("watchdog", "timeout_ms", "int0", True),
+    ("board", "name", "str", True, _ALL),
+    ("board", "description", "str", True, _ALL),
+    ("board", "runtime", "runtime", True, _ALL),
+    ("board", "mcu", "str", True, _ALL),
+    ("board", "micropython_board", "str", True, _MP),   # the MicroPython firmware to flash
+    ("board", "ram", "size", True, _ALL),
+    ("board", "flash", "size", True, _MP),
+    ("board", "heap", "size", True, _ALL),
+    ("console", "port", "str", True, _ALL),
+    ("console", "baud", "int", True, _ALL),
+    ("spool", "path", "str", "linux", _ALL),            # micropython: a file, or spool.partition
+    ("spool", "partition", "str", False, _MP),
+    ("spool", "offset", "size0", False, _MP),           # only with spool.partition
+    ("spool", "size", "size", True, _ALL),
+    ("spool", "sector_size", "size", True, _ALL),
+    ("spool", "prog_unit", "size", True, _ALL),
+    ("led", "pin", "optstr", True, _ALL),
+    ("watchdog", "timeout_ms", "int0", True, _ALL),
 )
 SECTIONS = ("board", "console", "spool", "led", "watchdog", "defaults")
-_KEYS = [s + "." + k for s, k, _, _ in SCHEMA]
+_KEYS = [s + "." + k for s, k, _, _, _ in SCHEMA]
 # Config keys a profile fills from its own tables: [defaults] may not set them too.
 FILLED = ("board.name", "board.led", "board.watchdog_ms", "console.serial", "console.baud",
           "spool.path", "spool.size", "spool.sector_size", "spool.prog_unit")
@@ -158,8 +160,8 @@ def _parse_toml(path, shown):
 
 def load_profile(name_or_path, directory=None):
     """Load and check a profile; returns {section: {key: value}} with sizes as integers, every
-    key of SCHEMA present (None where the runtime does not use it), the [defaults] table as
-    written, and "source": the file it came from."""
+    key of SCHEMA present (None where not set or not used by the runtime; spool.offset is 0 for
+    a MicroPython partition), the [defaults] table as written, and "source": the file it came from."""
     path = profile_path(name_or_path, directory)
     shown = _display(path)
     raw = _parse_toml(path, shown)
@@ -189,15 +191,17 @@ def check_profile(raw, shown="<profile>", stem=None):
         except ValueError as e:
             fail("board.runtime", "%s, got %s" % (e, config._show(runtime)))
     prof = {"source": shown}
-    for sec, key, kind, required in SCHEMA:
+    for sec, key, kind, required, runtimes in SCHEMA:
         table = raw.get(sec) or {}
         full = sec + "." + key
+        used = runtime is None or runtime in runtimes
         if key not in table:
-            if required is True or required == runtime:
-                fail(full, "missing" + ("" if required is True else " (needed by %s boards)" % runtime))
-            v = 0 if key == "offset" and runtime == "micropython" else None
-        elif required is not True and runtime is not None and required != runtime:
-            fail(full, "only used by %s boards (board.runtime is \"%s\")" % (required, runtime))
+            if used and (required is True or required == runtime):
+                fail(full, "missing" + ("" if runtimes == _ALL and required is True
+                                        else " (needed by %s boards)" % runtime))
+            v = None
+        elif not used:
+            fail(full, "only used by %s boards (board.runtime is \"%s\")" % (" and ".join(runtimes), runtime))
         else:
             try:
                 v = _value(kind, table[key])
@@ -242,20 +246,44 @@ def _check_board(p, stem, fail):
     if size % ss or size < 4 * ss:
         fail("spool.size", "must be a multiple of spool.sector_size (%d) and at least 4 sectors, got %d" % (ss, size))
     if b["runtime"] == "micropython":
-        if s["offset"] % ss:
-            fail("spool.offset", "must be a multiple of spool.sector_size (%d), got %d" % (ss, s["offset"]))
-        if s["offset"] + size > b["flash"]:
-            fail("spool.size", "spool.offset + spool.size (%d) must fit in board.flash (%d)"
-                 % (s["offset"] + size, b["flash"]))
-        if "@" in s["partition"]:
-            fail("spool.partition", 'must be a partition name without "@", got "%s"' % s["partition"])
+        _check_spool(b, s, fail)
+
+
+def _check_spool(b, s, fail):
+    """A MicroPython spool: a file on the board's filesystem (spool.path) or a raw flash area
+    (spool.partition, spool.offset), exactly one of the two.  Sets offset to 0 for a partition."""
+    path, part, ss = s["path"], s["partition"], s["sector_size"]
+    if path is None and part is None:
+        fail("spool.path", 'missing: micropython boards need spool.path (a file on the board\'s filesystem, '
+             'e.g. "/tinymta.spool") or spool.partition (a raw flash area, e.g. "flash")')
+    if path is not None and part is not None:
+        fail("spool.partition", 'give spool.path (a file, "%s") or spool.partition (a raw flash area, "%s"), '
+             "not both" % (path, part))
+    if path is not None:
+        if s["offset"] is not None:
+            fail("spool.offset", "only used with spool.partition (spool.path is a file)")
+        if not path.startswith("/") or "@" in path:
+            fail("spool.path", 'must be an absolute path on the board without "@", like "/tinymta.spool", '
+                 'got "%s"' % path)
+        if s["size"] > b["flash"]:
+            fail("spool.size", "must fit in board.flash (%d), got %d" % (b["flash"], s["size"]))
+        return
+    s["offset"] = s["offset"] or 0
+    if s["offset"] % ss:
+        fail("spool.offset", "must be a multiple of spool.sector_size (%d), got %d" % (ss, s["offset"]))
+    if s["offset"] + s["size"] > b["flash"]:
+        fail("spool.size", "spool.offset + spool.size (%d) must fit in board.flash (%d)"
+             % (s["offset"] + s["size"], b["flash"]))
+    if "@" in part or part.startswith("/"):
+        fail("spool.partition", 'must be a partition name without "@" or "/", got "%s"' % part)
 
 
 def spool_location(profile):
-    """spool.path for the config: the file (Linux), or on MicroPython the flash area's name,
-    with "@OFFSET" when the spool starts inside it ("flash@344064": rp2.Flash(start=344064))."""
+    """spool.path for the config: the file (Linux, and MicroPython's "/tinymta.spool"), or on
+    MicroPython the flash area's name, with "@OFFSET" when the spool starts inside it
+    ("flash@344064": rp2.Flash(start=344064)).  board_rt.open_spool_device reads it back."""
     s = profile["spool"]
-    if profile["board"]["runtime"] == "linux":
+    if s["path"] is not None:
         return s["path"]
     return s["partition"] if not s["offset"] else "%s@%d" % (s["partition"], s["offset"])
 

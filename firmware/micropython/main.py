@@ -1,4 +1,4 @@
-# main.py: the MTA (tinymta/board_rt.py main(): spool partition, tinymta.mta.build, LED,
+# main.py: the MTA (tinymta/board_rt.py main(): the spool, tinymta.mta.build, LED,
 # watchdog, then the loop).  Config: config.json in the current directory (/ on a board), or
 # the file TINYMTA_CONFIG names (the unix port in tests).  Ctrl-C stops it and leaves the REPL.
 import sys
