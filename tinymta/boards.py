@@ -16,7 +16,7 @@ import re
 import sys
 
 from tinymta import config
-from tinymta.config import ConfigError, _suggest
+from tinymta.config import ConfigError, _suggest, read_dict
 
 RUNTIMES = ("linux", "micropython")
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,19 +143,9 @@ def _value(kind, v):
 
 def _parse_toml(path, shown):
     try:
-        import tomllib as toml
-    except ImportError:
-        try:
-            import tomli as toml
-        except ImportError:
-            raise ProfileError("%s: reading profiles needs Python 3.11+ or the tomli package" % shown)
-    try:
-        with open(path, "rb") as f:
-            return toml.load(f)
-    except OSError as e:
-        raise ProfileError("%s: cannot read: %s" % (shown, e.strerror or e))
-    except ValueError as e:  # TOMLDecodeError
-        raise ProfileError("%s: %s" % (shown, " ".join(str(e).split())))
+        return read_dict(path, shown)
+    except ConfigError as e:
+        raise ProfileError(str(e))
 
 
 def load_profile(name_or_path, directory=None):

@@ -394,11 +394,18 @@ def load(path=None):
     """Load and validate a .toml or .json config file; None gives the defaults."""
     if path is None:
         return from_dict({}, "<defaults>")
-    toml = path.lower().endswith(".toml")
-    if not toml and not path.lower().endswith(".json"):
+    return from_dict(read_dict(path), path)
+
+
+def read_dict(path, shown=None):
+    """The tables of a .toml or .json file, unvalidated (board profiles use it too).
+    Errors are ConfigError, one line starting with `shown` (default: the path)."""
+    name, path = path, shown or path        # read `name`; speak of `path`
+    toml = name.lower().endswith(".toml")
+    if not toml and not name.lower().endswith(".json"):
         raise ConfigError("%s: unknown config format: the name must end in .toml or .json" % path)
     try:
-        data = compat.read_file(path)
+        data = compat.read_file(name)
     except OSError as e:
         raise ConfigError("%s: cannot read: %s" % (path, compat.os_error_text(e)))
     try:
@@ -424,4 +431,4 @@ def load(path=None):
             d = json.loads(text)
         except ValueError as e:
             raise ConfigError("%s: bad JSON: %s" % (path, _one_line(e)))
-    return from_dict(d, path)
+    return d

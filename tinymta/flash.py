@@ -25,6 +25,8 @@ import shutil
 import subprocess
 import sys
 
+from tinymta import config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "tinymta")
 FIRMWARE = os.path.join(ROOT, "firmware", "micropython")
@@ -75,19 +77,9 @@ def write_package_json(path=None):
 
 def _read_toml(path):
     try:
-        import tomllib as toml
-    except ImportError:
-        try:
-            import tomli as toml
-        except ImportError:
-            raise FlashError("reading %s needs Python 3.11+ or the tomli package (pip install tomli)" % path)
-    try:
-        with open(path, "rb") as f:
-            return toml.load(f)
-    except OSError as e:
-        raise FlashError("%s: cannot read: %s" % (path, e.strerror or e))
-    except ValueError as e:         # tomllib.TOMLDecodeError
-        raise FlashError("%s: %s" % (path, " ".join(str(e).split())))
+        return config.read_dict(path)
+    except config.ConfigError as e:
+        raise FlashError(str(e))
 
 
 def build_config(board, toml_path=None):
