@@ -51,10 +51,11 @@ def free_port():
 
 
 class Dnsmasq:
-    def __init__(self, workdir, mx=(), hosts=None, null_mx=(), cnames=(), timeout=(), local=("test",)):
+    def __init__(self, workdir, mx=(), hosts=None, null_mx=(), cnames=(), timeout=(), local=("test",), txt=()):
         self.workdir = str(workdir)
         self.mx, self.hosts, self.null_mx = list(mx), dict(hosts or {}), list(null_mx)
         self.cnames, self.timeout, self.local = list(cnames), list(timeout), list(local)
+        self.txt = list(txt)        # names that exist with a TXT record only (no MX, A or AAAA)
         self.proc = self.port = self._hole = self._log = None
         self.conf = os.path.join(self.workdir, "dnsmasq.conf")
         self.logpath = os.path.join(self.workdir, "dnsmasq.log")
@@ -73,6 +74,7 @@ class Dnsmasq:
             for a in [addrs] if isinstance(addrs, str) else addrs:
                 lines.append("host-record=%s,%s" % (name, a))
         lines += ["cname=%s,%s" % (a, t) for a, t in self.cnames]
+        lines += ["txt-record=%s,exists" % d for d in self.txt]
         lines += ["server=/%s/127.0.0.1#%d" % (d, self._hole.getsockname()[1]) for d in self.timeout]
         return "\n".join(lines) + "\n"
 

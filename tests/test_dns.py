@@ -40,7 +40,8 @@ RECORDS = dict(
            "me.loop.test": "127.0.2.9"},
     null_mx=["nullmx.test"],
     cnames=[("alias.test", "target.test")],
-    timeout=["timeout.test"])
+    timeout=["timeout.test"],
+    txt=["nomail.test"])
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +154,14 @@ def test_implicit_mx_only_without_mx_records(res):
     e = fails("noaddr.test", res)
     assert (e.permanent, e.status) == (False, "4.4.3")
     assert "missing.noaddr.test" in e.text and "127.0.0.66" not in e.text
+
+
+def test_domain_without_mx_or_address_is_permanent_5_4_4(res):
+    # it exists (a TXT record), but has no MX and no A/AAAA: nowhere to deliver, ever (as Postfix)
+    e = fails("nomail.test", res)
+    assert (e.permanent, e.status) == (True, "5.4.4") and "nomail.test" in e.text
+    e = fails("nomail.test", res, families=("A",))
+    assert (e.permanent, e.status) == (True, "5.4.4")
 
 
 def test_host_without_address_is_skipped(res):

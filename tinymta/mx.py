@@ -13,6 +13,8 @@ relay.dns_servers; and `DNSFailure`, raised when there is nowhere to deliver. Th
   A host with no usable address is skipped; when every host is skipped: temporary 4.4.3.
 - No MX records (NOERROR, no data) -> implicit MX: the domain itself, preference 0. Only then:
   when MX records exist, the domain's own A/AAAA are never used (M4). CNAMEs are followed.
+  A domain that exists with no MX and no A/AAAA either (NODATA for each) -> permanent 5.4.4,
+  as Postfix does: no retry can help.
 - Null MX (every record is "MX n ."; RFC 7505 says "MX 0 .") -> permanent 5.1.10, and never a
   fallback to A/AAAA. A "." among real MX records is dropped.
 - NXDOMAIN -> permanent 5.1.2. SERVFAIL, REFUSED, timeout, no nameserver -> temporary 4.4.3.
@@ -160,7 +162,8 @@ def _mx_order(records, rng):
 
 
 def _addresses(resolver, host, families):
-    """(addresses, None) or ([], why) for one host, in families order, resolver order within."""
+    """(addresses, None) or ([], why) for one host, in families order, resolver order within.
+    why is None too when the host simply has no address records (every lookup said NODATA)."""
     addrs, whys = [], []
     for rdtype in families:
         try:
@@ -173,9 +176,9 @@ def _addresses(resolver, host, families):
         for rr in rrs:
             if rr.address not in addrs:
                 addrs.append(rr.address)
-    if addrs:
+    if addrs or not whys:
         return addrs, None
-    return [], "; ".join(whys) or "%s: no %s record" % (host, "/".join(families))
+    return [], "; ".join(whys)
 
 
 def resolve_mx(domain, resolver, rng=None, families=FAMILIES, own_names=()):
@@ -208,7 +211,8 @@ def resolve_mx(domain, resolver, rng=None, families=FAMILIES, own_names=()):
     if records and not [1 for _, name in records if name]:  # "." is "" after the strip
         raise DNSFailure(True, "5.1.10", "%s accepts no mail (null MX, RFC 7505)" % domain)
     records = [r for r in records if r[1]]
-    if not records:
+    implicit = not records
+    if implicit:
         records = [(0, domain)]  # implicit MX (RFC 5321 §5.1)
 
     own = [n.lower().rstrip(".") for n in own_names]
@@ -226,8 +230,11 @@ def resolve_mx(domain, resolver, rng=None, families=FAMILIES, own_names=()):
         addrs, why = _addresses(resolver, name, families)
         if addrs:
             hosts.append((name, addrs))
+        elif implicit and why is None:      # the domain exists but has no MX, A or AAAA at all
+            raise DNSFailure(True, "5.4.4", "%s has no MX and no %s record: nowhere to deliver"
+                             % (domain, "/".join(families)))
         else:
-            skipped.append(why)
+            skipped.append(why or "%s: no %s record" % (name, "/".join(families)))
     if not hosts:
         raise DNSFailure(False, "4.4.3", "no MX host for %s has an address: %s"
                          % (domain, "; ".join(skipped)))
