@@ -29,6 +29,7 @@ PROMPT = b"tinymta> "
 OUT_MAX = 16384
 REOPEN_MS = 2000
 READ_MAX = 512
+_EVENT_BYTES = (13, 10, 3, 4)     # CR LF Ctrl-C Ctrl-D: the bytes that can end an editor event
 
 
 class PortGone(Exception):
@@ -75,11 +76,13 @@ class StreamPort:
 
     def __init__(self, stream, out=None, closer=None):
         import select
-        self.pollable = stream
+        # The serial shim names what to poll (its file, UART or stdin): on the unix port a
+        # Python stream object given to poll is taken for fd 0 (its ioctl answers 0 to GET_FILENO)
+        self.pollable = getattr(stream, "pollable", stream)
         self._in = getattr(stream, "buffer", stream)
         self._out = getattr(out, "buffer", out) if out is not None else self._in
         self._poll = select.poll()
-        self._poll.register(stream, select.POLLIN)
+        self._poll.register(self.pollable, select.POLLIN)
         self._closer = closer
 
     def read(self):
@@ -117,6 +120,7 @@ class Terminal:
         self.session = Session(trusted)
         self.out = bytearray()
         self.on_gone = on_gone
+        self.tty_adds_cr = False
         self.watching = 0
         server.watch(port.pollable, netio.POLLIN, self._on_event)
         self.watching = netio.POLLIN
@@ -131,11 +135,13 @@ class Terminal:
 
     def send(self, text, prompt=False):
         data = text.encode() if isinstance(text, str) else text
+        if self.tty_adds_cr:                # the terminal driver turns LF into CR LF itself
+            data = data.replace(b"\r\n", b"\n")
         if prompt:
             data += b"password: " if self.session.reading_password else PROMPT
         self.out.extend(data)
         if len(self.out) > OUT_MAX:     # nobody is reading: keep the newest output only
-            del self.out[:len(self.out) - OUT_MAX]
+            self.out = self.out[-OUT_MAX:]   # (MicroPython: no del on bytearray)
         self._flush()
 
     def _flush(self):
@@ -146,7 +152,7 @@ class Terminal:
             n = self.port.write(bytes(self.out[:1024]))
             if not n:
                 break
-            del self.out[:n]
+            self.out = self.out[n:]
         want = netio.POLLIN | (netio.POLLOUT if self.out else 0)
         if want != self.watching:
             self.server.watch(self.port.pollable, want, self._on_event)
@@ -169,6 +175,18 @@ class Terminal:
                 self.on_gone(str(e))
 
     def feed(self, data):
+        # One line at a time: each line is answered (and the editor told a password comes next)
+        # before the bytes after it are edited and echoed.  Fed whole, "unlock\rPASSWORD\r" in
+        # one read (pasted, typed ahead) echoed the password, and later lines' echo came first.
+        start = 0
+        for i in range(len(data)):
+            if data[i] in _EVENT_BYTES:
+                self._feed(data[start:i + 1])
+                start = i + 1
+        if start < len(data):
+            self._feed(data[start:])
+
+    def _feed(self, data):
         ed = self.editor
         for kind, line in ed.feed(data):
             out = ed.take_output()
@@ -232,7 +250,11 @@ class SerialConsole:
         self.retry_at = None
         self.term = Terminal(self.server, self.console, port, "serial " + self.device,
                              trusted=False, on_gone=self._gone)
-        self.term.greet()
+        try:
+            self.term.greet()
+        except PortGone as e:       # gone again at once: from a loop hook this would stop the MTA
+            self.term.close()
+            self._gone(str(e))
 
     def _gone(self, why):
         log.warning("console: serial %s lost (%s); retrying every %d s", self.device, why, REOPEN_MS // 1000)
@@ -265,6 +287,7 @@ class StdinConsole:
             port = FdPort(sys.stdin, sys.stdout)
             echo = tty
         self.term = Terminal(server, console, port, "stdin", trusted=True, echo=echo, on_gone=self._gone)
+        self.term.tty_adds_cr = self._restore is not None    # _raw_mode keeps output processing (ONLCR)
         self.term.greet()
 
     def _gone(self, why):

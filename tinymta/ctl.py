@@ -126,6 +126,18 @@ def _read_reply(ser, limit_s=5.0):
     return bytes(got)
 
 
+def _drain(ser, quiet_s=0.3, limit_s=5.0):
+    """Discard what the device sent before we came (a previous session's unread answers) until
+    it has been quiet for quiet_s: left in, it was shown as the answer to our first command."""
+    import time
+    now = time.monotonic()
+    deadline, last = now + limit_s, now
+    while now < deadline and now - last < quiet_s:
+        if ser.read(4096):
+            last = time.monotonic()
+        now = time.monotonic()
+
+
 def _show(reply, sent, out):
     """Print a reply without the device's echo of `sent` and without the trailing prompt."""
     text = reply
@@ -163,8 +175,10 @@ def console(port, baud=115200, inp=None, out=None, history=None):
         return EX_UNAVAILABLE
     code = 0
     try:
+        _drain(ser)
         ser.write(b"\x15\r")    # Ctrl-U, Enter: a clean line and a fresh prompt whatever came before
-        wants_password = _show(_read_reply(ser), None, out)
+        # (without the echo of that Ctrl-U: the erasure of a half line a previous session left)
+        wants_password = _show(_read_reply(ser).replace(b"\b \b", b""), None, out)
         while True:
             try:
                 if wants_password and tty:

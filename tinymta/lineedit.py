@@ -18,7 +18,8 @@ one line in a bytearray and answers each byte from a small table:
     Ctrl-C (0x03)            drop the line, echo "^C" ("cancel")
     Ctrl-U (0x15)            erase the line on screen and in the buffer
     Ctrl-D (0x04)            on an empty line: "eof" (the transport decides what it means)
-    ESC [ ... final          a terminal's key sequence (arrows, F-keys): swallowed whole
+    ESC [ ... final          a terminal's key sequence (arrows, F-keys): swallowed whole; a
+                             control byte inside one ends it and is handled as usual
     TAB                      a space
     any other control byte   ignored (binary garbage never reaches the interpreter)
 
@@ -80,6 +81,9 @@ class LineEditor:
         events = []
         for b in data:
             last_end, self._last_end = self._last_end, 0
+            if self._esc and b < 0x20:
+                self._esc = 0       # a control byte ends a sequence (half one from garbage or a dead
+                                    # terminal must not swallow the Ctrl-U, Ctrl-C or Enter after it)
             if self._esc:
                 if self._esc == 1:
                     self._esc = 2 if b == 0x5B or b == 0x4F else 0    # ESC [ (CSI) or ESC O (SS3)
