@@ -373,10 +373,10 @@ def test_person_at_picocom_manages_the_queue(tmp_path, stack, pty):
     assert out == "%s: deleted" % carol, out
     assert carol not in ctl_queue(mta)
     out = person.run("mailq")
-    assert carol not in out and bob in out and "-- 1 messages" in out, out
+    assert carol not in out and bob in out and "-- 1 message" in out, out
 
     out = person.run("flush")
-    assert out == "flushing: 1 messages due now", out
+    assert out == "flushing: 1 message due now", out
     wait_attempts(mta, bob, 3)              # retry_min is an hour: only flush explains attempt 3
     assert "3 attempts" in person.run("show " + bob)
 
@@ -595,15 +595,15 @@ def test_password_guards_changes(tmp_path, stack, pty):
     assert peer.json("hold " + bob) == {"ok": False, "error": refused.replace("delete", "hold")[7:]}
     assert bob in ctl_queue(mta)
 
-    assert peer.cmd("unlock") == "password:"
+    assert peer.cmd("unlock") == "type the console password (it is not echoed)"
     assert peer.cmd("not-it", secret=True) == "error: wrong password"
     assert peer.cmd("delete " + bob) == refused
-    assert peer.cmd("unlock") == "password:"
+    assert peer.cmd("unlock") == "type the console password (it is not echoed)"
     peer.write(b"s3cret\x03")                               # Ctrl-C while typing it: no longer asked
     peer.read_until(lambda b: b.endswith(b"^C\r\n" + PROMPT), 5, "^C")
     assert peer.cmd("delete " + bob) == refused
 
-    assert peer.cmd("unlock") == "password:"
+    assert peer.cmd("unlock") == "type the console password (it is not echoed)"
     assert peer.cmd("s3cret-pw", secret=True) == "unlocked: changes allowed until lock or quit"
     assert peer.cmd("lock") == "locked"
     assert peer.cmd("delete " + bob) == refused
@@ -643,7 +643,7 @@ def test_host_client_tinymta_console(tmp_path, stack, pty):
     assert "tinymta>" not in out and "\r" not in out, out          # prompts and CRs stripped
     lines = out.split("\n")
     assert "mailq" not in lines and "frobnicate" not in lines and "pw-42" not in out, out   # no echo
-    assert bob in out and "<bob@example.net>" in out and "-- 1 messages" in out, out
+    assert bob in out and "<bob@example.net>" in out and "-- 1 message" in out, out
     st = json.loads([ln for ln in lines if ln.startswith("{")][0])
     assert st["queue"]["active"] == 1
     assert "error: hold changes the queue: type unlock and the console password first" in lines
@@ -651,7 +651,7 @@ def test_host_client_tinymta_console(tmp_path, stack, pty):
     assert "%s: held" % bob in lines
     assert "error: unknown command 'frobnicate'; type help" in lines
     assert "bye" in lines
-    assert lines.count("-- 1 messages, %d bytes" % ctl_queue(mta)[bob]["message_size"]) == 1, out  # stopped at quit
+    assert lines.count("-- 1 message, %d bytes" % ctl_queue(mta)[bob]["message_size"]) == 1, out  # stopped at quit
     assert ctl_queue(mta)[bob]["queue_name"] == "hold"
 
 
@@ -716,6 +716,47 @@ def test_device_gone_again_while_greeted(monkeypatch):
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_half_typed_line_of_a_gone_terminal_is_dropped(monkeypatch):
+    """In-process: picocom closed mid-command leaves "delete ID" half typed; minutes later the
+    next person's Enter must not run it (a pty gives no sign the peer went away)."""
+    from tinymta import consoleio
+
+    class Server:
+        hostname = "mta.test"
+
+        def watch(self, obj, mask, handler):
+            pass
+
+    class Port:
+        pollable = object()
+        written = bytearray()
+
+        def write(self, data):
+            self.written.extend(data)
+            return len(data)
+
+    class Console:
+        lines = []
+
+        def execute(self, sess, line):
+            self.lines.append(line)
+            return True, "ran " + line
+
+    clock = [1000]
+    monkeypatch.setattr(consoleio.compat, "ticks_ms", lambda: clock[0])
+    con = Console()
+    term = consoleio.Terminal(Server(), con, Port(), "serial test", trusted=True)
+    term.feed(b"delete 000200000001")                 # ... and the terminal went away
+    clock[0] += consoleio.STALE_LINE_MS - 1000
+    term.feed(b"x\x7f")                                # still the same person, still typing
+    clock[0] += consoleio.STALE_LINE_MS + 1
+    term.feed(b"\r")                                   # the next person, much later
+    assert con.lines == [""]
+    assert b"half-typed line from 5 minutes ago was dropped" in term.port.written
+    term.feed(b"status\r")
+    assert con.lines == ["", "status"]
 
 
 def test_micropython_serial_console(tmp_path, stack, pty):

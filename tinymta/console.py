@@ -207,8 +207,8 @@ class Console:
         lines = [
             "tinymta %s on %s, up %s, listening on %s, relay %s" % (
                 __version__, srv.hostname, age(data["uptime"]), " ".join(data["listening"]), data["relay"]),
-            "spool: %d of %d bytes used (%d%%), %d free, %d messages, wear %d..%d erases" % (
-                st["used"], st["capacity"], pct, st["free"], st["messages"], min(wear), max(wear)),
+            "spool: %d of %d bytes used (%d%%), %d free, %s, wear %d..%d erases" % (
+                st["used"], st["capacity"], pct, st["free"], _count(st["messages"], "message"), min(wear), max(wear)),
             "queue: %d active, %d deferred, %d held, %d in delivery%s" % (
                 active, deferred, held, len(srv.relay.active),
                 "" if oldest is None else "; oldest %s" % age(now - oldest)),
@@ -256,7 +256,7 @@ class Console:
             reason = m["recipients"][0]["delay_reason"] if m["recipients"] else None
             if reason:
                 lines.append("%51s(%s)" % ("", reason))
-        lines.append("-- %d messages, %d bytes" % (len(msgs), sum(m["message_size"] for m in msgs)))
+        lines.append("-- %s, %d bytes" % (_count(len(msgs), "message"), sum(m["message_size"] for m in msgs)))
         return {"queue": msgs}, "\n".join(lines)
 
     def cmd_show(self, sess, args):
@@ -289,8 +289,8 @@ class Console:
             raise CommandError("flush takes no arguments (retry ID tries one message)")
         self.queue.flush(compat.unix_time())
         n = len(self.queue.due(compat.unix_time()))
-        log.info("flush: %d messages due now", n)
-        return {"ok": True, "due": n}, "flushing: %d messages due now" % n
+        log.info("flush: %s due now", _count(n, "message"))
+        return {"ok": True, "due": n}, "flushing: %s due now" % _count(n, "message")
 
     def cmd_retry(self, sess, args):
         msg_id = self._one_id(args)
@@ -396,7 +396,7 @@ class Console:
         if not self.password or sess.trusted:
             return {"ok": True}, "nothing to unlock: changes are allowed here"
         sess.reading_password = True
-        return {"ok": True, "password": True}, "password:"
+        return {"ok": True, "password": True}, "type the console password (it is not echoed)"
 
     def _check_password(self, sess, line):
         sess.reading_password = False
@@ -426,6 +426,10 @@ def _same(a, b):
     for i in range(min(len(a), len(b))):
         diff |= a[i] ^ b[i]
     return diff == 0
+
+
+def _count(n, word):
+    return "%d %s%s" % (n, word, "" if n == 1 else "s")
 
 
 def _clip(text, n=40):

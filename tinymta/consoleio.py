@@ -29,6 +29,7 @@ PROMPT = b"tinymta> "
 OUT_MAX = 16384
 REOPEN_MS = 2000
 READ_MAX = 512
+STALE_LINE_MS = 5 * 60000   # a half-typed line idle this long is dropped before new input
 _EVENT_BYTES = (13, 10, 3, 4)     # CR LF Ctrl-C Ctrl-D: the bytes that can end an editor event
 
 
@@ -121,6 +122,7 @@ class Terminal:
         self.out = bytearray()
         self.on_gone = on_gone
         self.tty_adds_cr = False
+        self.last_input = compat.ticks_ms()
         self.watching = 0
         server.watch(port.pollable, netio.POLLIN, self._on_event)
         self.watching = netio.POLLIN
@@ -175,6 +177,14 @@ class Terminal:
                 self.on_gone(str(e))
 
     def feed(self, data):
+        now = compat.ticks_ms()
+        if self.editor.buf and compat.ticks_diff(now, self.last_input) > STALE_LINE_MS:
+            # A half-typed line left by a terminal that went away (a pty tells us nothing) must
+            # not run when the next person presses Enter.
+            self.editor.buf = bytearray()
+            self.send("\r\n(a half-typed line from %d minutes ago was dropped)\r\n" % (STALE_LINE_MS // 60000),
+                      prompt=True)
+        self.last_input = now
         # One line at a time: each line is answered (and the editor told a password comes next)
         # before the bytes after it are edited and echoed.  Fed whole, "unlock\rPASSWORD\r" in
         # one read (pasted, typed ahead) echoed the password, and later lines' echo came first.

@@ -64,7 +64,7 @@ class ControlSocket:
         try:
             s.bind(path)
             os.chmod(path, 0o600)
-            s.listen(8)
+            s.listen(32)   # more than MAX_CLIENTS: extra clients are accepted and refused
         except OSError:
             s.close()
             raise

@@ -246,7 +246,7 @@ def test_password_guards_changes_on_untrusted_sessions():
         for cmd in ("hold " + ida, "flush", "send x@y.example", "release " + ida, "retry " + ida):
             assert ask(con, cmd, serial)[0] is False, cmd
         assert ask(con, "status", serial)[0] and ask(con, "mailq", serial)[0]      # reading is free
-        assert ask(con, "unlock", serial) == (True, "password:") and serial.reading_password
+        assert ask(con, "unlock", serial) == (True, "type the console password (it is not echoed)") and serial.reading_password
         ok, text = ask(con, "guess", serial)
         assert not ok and text == "error: wrong password" and not serial.unlocked
         ask(con, "unlock", serial)

@@ -109,3 +109,13 @@ def test_secret_input_is_not_echoed_and_no_echo_mode():
     assert ed.take_output() == b"\r\n"
     events, out, _ = run(b"status\r", echo=False)
     assert events == [("line", "status")] and out == b""
+
+
+def test_a_control_byte_ends_a_broken_escape_sequence():
+    # garbage (or a terminal killed mid-keystroke) left "ESC [": Ctrl-U and Enter still work
+    for broken in (b"\x1b", b"\x1b[", b"\x1b[1;"):
+        ed = LineEditor()
+        ed.feed(b"junk" + broken)
+        assert ed.feed(b"\x15status\r") == [("line", "status")], broken
+        ed.feed(broken)
+        assert ed.feed(b"\r") == [("line", "")], broken

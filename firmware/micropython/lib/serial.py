@@ -3,7 +3,8 @@
     ser = serial.Serial(port, baudrate=115200, timeout=0)
     ser.read(n) -> bytes (at most n; b"" when nothing is waiting and timeout is 0)
     ser.write(data) -> n;  ser.in_waiting;  ser.close();  ser.is_open
-    select.poll().register(ser.pollable, ...)      (or ser itself: it answers poll via ioctl)
+    select.poll().register(ser.pollable, ...)      (the device itself; ser answers poll via
+                                                    ioctl too, but the port's poll() spins on it)
 
 `port` names what to open:
     "uart0", "uart1", ...   machine.UART(N, baudrate) (pins: the board's defaults for that UART)
@@ -114,7 +115,7 @@ class Serial(io.IOBase):
             if arg & POLL_RD and self._ready():
                 ready |= POLL_RD
             return ready
-        return 0
+        return -1      # anything else (a file number above all: 0 would make poll watch stdin)
 
     def close(self):
         if self._file is not None:
