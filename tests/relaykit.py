@@ -80,14 +80,15 @@ def common_port(ips=SINK_IPS):
 
 
 def wait_for(pred, timeout, what="condition", interval=0.1):
-    """pred()'s first true value within timeout seconds, else AssertionError naming what."""
+    """pred()'s first true value within timeout seconds, else AssertionError naming what
+    (a string, or a function giving one: called only on failure, e.g. to show what came)."""
     deadline = time.monotonic() + timeout
     while True:
         got = pred()
         if got:
             return got
         if time.monotonic() > deadline:
-            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what() if callable(what) else what))
         time.sleep(interval)
 
 

@@ -32,6 +32,7 @@ import pytest
 import serial
 
 from mtaproc import MICROPYTHON, MTA, free_port
+from relaykit import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = b"tinymta> "
@@ -39,18 +40,6 @@ PASSWORD_PROMPT = b"password: "
 
 _missing = [t for t in ("socat", "picocom", "tmux") if shutil.which(t) is None]
 pytestmark = pytest.mark.skipif(bool(_missing), reason="needs %s" % ", ".join(_missing))
-
-
-def wait_for(pred, timeout, what, step=0.05):
-    """Poll pred() until it returns something true; its value, or an AssertionError naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what() if callable(what) else what))
-        time.sleep(step)
 
 
 # --- the pty pair ---------------------------------------------------------------------------
@@ -111,7 +100,7 @@ class Peer:
             self.buf += chunk
             self.raw += chunk
             return pred(self.buf)
-        wait_for(done, timeout, lambda: "%s; got %r" % (what, self.buf[-600:]), step=0)
+        wait_for(done, timeout, lambda: "%s; got %r" % (what, self.buf[-600:]), interval=0)
         return self.buf
 
     def sync(self, timeout=5):

@@ -14,7 +14,8 @@ import sys
 import pytest
 
 from mtaproc import MICROPYTHON, ROOT
-from test_console_serial import Pty, wait_for
+from relaykit import wait_for
+from test_console_serial import Pty
 
 serial = pytest.importorskip("serial")
 
