@@ -32,6 +32,7 @@ tls_cert = "/etc/tinymta/cert.pem"
 tls_key = "/etc/tinymta/key.pem"
 auth_users_file = "/etc/tinymta/users"
 auth_without_tls = false
+postmaster = "admin@example.org"
 
 [spool]
 path = "/var/spool/tinymta.spool"
@@ -78,7 +79,7 @@ FULL_JSON = {
                "relay_networks": ["192.168.1.0/24", "fd00::/8", "127.0.0.1"], "relay_domains": ["example.org"],
                "bare_newlines": "normalize", "timeout": 120, "tls_cert": "/etc/tinymta/cert.pem",
                "tls_key": "/etc/tinymta/key.pem", "auth_users_file": "/etc/tinymta/users",
-               "auth_without_tls": False},
+               "auth_without_tls": False, "postmaster": "admin@example.org"},
     "spool": {"path": "/var/spool/tinymta.spool", "size": 8388608, "sector_size": 131072, "prog_unit": 4096},
     "relay": {"mode": "smarthost", "smarthost": "smtp.example.org:465", "tls": "implicit",
               "username": "alerts@example.org", "password_file": "/etc/tinymta/password",
@@ -226,6 +227,9 @@ MESSAGES = [
     ("[console]\nserial = false", 'console.serial: must be a string ("" for none), got false'),
     ("[console]\nbaud = '115200'", 'console.baud: must be an integer >= 1, got "115200"'),
     ("[console]\nsocket = []", 'console.socket: must be a string ("" for none), got a list'),
+    ("[server]\npostmaster = 'admin'", 'server.postmaster: must be a mail address like "admin@example.org", got "admin"'),
+    ("[server]\nhostname = 'pi.lan'\npostmaster = 'PostMaster@pi.lan'",
+     "server.postmaster: must be another address (mail for it would come back here)"),
     ("[board]\nname = 3", 'board.name: must be a string ("" for none), got 3'),
     ("[board]\nled = 25", 'board.led: must be a string ("" for none), got 25'),
     ("[board]\nwatchdog_ms = -1", 'board.watchdog_ms: must be an integer >= 0, got -1'),

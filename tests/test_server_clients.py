@@ -320,6 +320,25 @@ def test_relay_domains(tmp_path):
         (SENDER, ["postmaster@mta.test", "Bob@EXAMPLE.test"], msg)]
 
 
+def test_postmaster_goes_to_server_postmaster(tmp_path):
+    msg = complete_message(tag="postmaster")
+    with MTA(tmp_path, server={"postmaster": "admin@example.org", "relay_networks": ["127.0.0.1/32"]}) as mta:
+        with Wire(mta.port, source="127.0.0.2") as w:             # even from outside relay_networks
+            w.ehlo()
+            w.expect(b"MAIL FROM:<%s>" % SENDER.encode(), 250)
+            w.expect(b"RCPT TO:<postmaster>", 250)
+            w.expect(b"RCPT TO:<PostMaster@mta.test>", 250)
+            w.expect(b"DATA", 354)
+            w.send(stuff(msg))
+            assert w.reply()[0] == 250
+            w.expect(b"MAIL FROM:<%s>" % SENDER.encode(), 250)
+            w.expect(b"RCPT TO:<postmaster@elsewhere.test>", 550)   # only ours is ours
+            w.expect(b"QUIT", 221)
+    ((sender, rcpts, body),) = mta.messages()
+    assert (sender, rcpts) == (SENDER, ["admin@example.org"]) and strip_added(body) == msg
+    assert "recipient <postmaster> -> server.postmaster <admin@example.org>" in mta.log()
+
+
 # ---- a full spool (invariant 3, X1) --------------------------------------------------------------
 
 def test_spool_full_452_at_mail(tmp_path):

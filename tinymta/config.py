@@ -33,6 +33,8 @@ Rules across keys
 - relay.smarthost is required with "smarthost" and refused with "mx" (it would be silently
   ignored), as are relay.username and relay.password_file, which go together and need relay.tls
   "starttls" or "implicit" (no password in clear).
+- server.postmaster (unset by default) is where mail to postmaster (bare or @server.hostname)
+  goes; it must be a full address other than postmaster@server.hostname.
 - server.tls_cert and server.tls_key go together (STARTTLS is offered when both are set);
   server.auth_users_file needs them unless server.auth_without_tls = true.
 - relay.retry_min <= relay.retry_max. spool.prog_unit is a power of two, spool.sector_size a
@@ -180,6 +182,7 @@ SCHEMA = (
     ("server", "tls_key", None, "opt", None),
     ("server", "auth_users_file", None, "opt", None),
     ("server", "auth_without_tls", False, "bool", None),
+    ("server", "postmaster", None, "opt", None),     # where mail for postmaster@ goes (RFC 5321 4.5.1)
     ("spool", "path", "tinymta.spool", "str", None),
     ("spool", "size", 4 * _MIB, "size", 1),
     ("spool", "sector_size", 65536, "size", 1),
@@ -303,6 +306,13 @@ def _check_across(cfg, source):
         raise ConfigError("%s: %s: %s" % (source, key, msg))
 
     s, sp, r = cfg.server, cfg.spool, cfg.relay
+    if s.postmaster is not None:
+        local, _, domain = s.postmaster.rpartition("@")
+        if not local or "." not in domain or [1 for ch in s.postmaster if ch <= " " or ch in "<>"]:
+            fail("server.postmaster", 'must be a mail address like "admin@example.org", got "%s"'
+                 % s.postmaster)
+        if domain.lower() == s.hostname.lower() and local.lower() == "postmaster":
+            fail("server.postmaster", "must be another address (mail for it would come back here)")
     if r.tls is None:
         r.tls = "starttls" if r.mode == "smarthost" else "opportunistic"
     if r.mode == "smarthost":

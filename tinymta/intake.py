@@ -25,7 +25,11 @@ def text(b):
 class Intake:
     def _on_data_start(self, c, sender, rcpts):
         c.sender = text(sender)
-        c.rcpts = [text(r) for r in rcpts]
+        c.rcpts = []
+        for r in rcpts:
+            r = self._postmaster(text(r))
+            if r not in c.rcpts:            # postmaster and its admin given both: deliver once
+                c.rcpts.append(r)
         c.failed = None
         try:
             c.writer = self.spool.writer(c.sender, c.rcpts, c.size_hint, c.params)
@@ -39,6 +43,17 @@ class Intake:
             qid.encode(), (b"\r\n\tfor <" + rcpts[0] + b">") if len(rcpts) == 1 else b"",
             compat.rfc5322_date(compat.unix_time()).encode())
         c.fixer = HeaderFixer(received, c.sender, self.hostname, qid, compat.unix_time())
+
+    def _postmaster(self, rcpt):
+        """postmaster (bare, or at our hostname) goes to server.postmaster when one is set:
+        RFC 5321 §4.5.1 mail must reach a person, not loop back to this host and bounce."""
+        admin = self.cfg.server.postmaster
+        if admin:
+            low = rcpt.lower()
+            if low == "postmaster" or low == "postmaster@" + self.hostname.lower():
+                log.info("recipient <%s> -> server.postmaster <%s>", rcpt, admin)
+                return admin
+        return rcpt
 
     def _store(self, c, data):
         if c.writer is None or not data:
