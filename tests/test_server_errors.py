@@ -329,3 +329,29 @@ def test_garbage_clients_do_not_stop_the_server(tmp_path):
     if server:
         assert "[127.0.0.1]:%d: TLS handshake failed" % ports["tls-garbage"] in log, log
     assert_spool_clean(mta.spool_path)
+
+
+def test_spool_full_in_the_middle_of_data(tmp_path):
+    """Two sessions admitted at MAIL together, when the spool holds only one of their messages:
+    the second runs out of space mid-DATA and gets 452 (the client keeps it); nothing is half
+    stored, the first is intact, and the server goes on."""
+    body = b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * 875           # about 70 KB
+    with MTA(tmp_path, spool={"size": 131072, "sector_size": 4096, "prog_unit": 256},
+             server={"max_message_size": 83130}) as mta:
+        one, two = MTA.smtp(mta), MTA.smtp(mta)
+        for s in (one, two):
+            s.ehlo("client.test")
+            assert s.mail("a@lan.example", ["SIZE=%d" % len(body)])[0] == 250     # both admitted
+            assert s.rcpt("b@example.org")[0] == 250
+        assert one.data(body)[0] == 250
+        code, text = two.data(body)
+        assert code == 452 and b"Insufficient system storage" in text
+        two.rset()
+        assert two.sendmail("a@lan.example", ["c@example.org"], b"Subject: small\r\n\r\nok\r\n") == {}
+        one.quit()
+        two.quit()
+        log = mta.log()
+    msgs = mta.messages()
+    assert "to=<b@example.org> refused: 452 4.3.1 Insufficient system storage" in log, log
+    assert [m[1] for m in msgs] == [["b@example.org"], ["c@example.org"]]
+    assert msgs[0][2].endswith(body[body.index(b"\r\n\r\n") + 4:])
