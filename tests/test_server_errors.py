@@ -104,6 +104,19 @@ def test_bad_arguments(tmp_path, args):
 
 # ---- start-up problems: spool, TLS files, port ---------------------------------------------------
 
+def test_unreadable_relay_password_file(tmp_path):
+    cfg = base_config(tmp_path)
+    cfg["relay"] = {"mode": "smarthost", "smarthost": "127.0.0.1:%d" % free_port(), "tls": "implicit",
+                    "username": "alerts", "password_file": str(tmp_path / "missing-password")}
+    write(tmp_path, "c.json", json.dumps(cfg))
+    rc, err, out = serve(tmp_path, "-c", "c.json")
+    assert_one_line_error(rc, err, out, "relay.password_file", "missing-password", "cannot read: no such file")
+    (tmp_path / "missing-password").mkdir()             # a directory where the file should be
+    rc, err, out = serve(tmp_path, "-c", "c.json")
+    assert_one_line_error(rc, err, out, "relay.password_file", "cannot read")
+    assert not (tmp_path / "tinymta.spool").exists()        # nothing was created
+
+
 def test_spool_file_of_the_wrong_size_is_refused_untouched(tmp_path):
     with MTA(tmp_path, spool=SPOOL, server={"max_message_size": "256K"}) as mta:
         pass

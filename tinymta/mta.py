@@ -55,6 +55,11 @@ def build(cfg, spool=None, console_stdin=False):
             tls = compat.server_tls_context(srv_cfg.tls_cert, srv_cfg.tls_key)
         except (OSError, ValueError) as e:
             raise StartupError("TLS certificate %s / key %s: %s" % (srv_cfg.tls_cert, srv_cfg.tls_key, e))
+    from tinymta.relay import Relay, read_password
+    try:
+        password = read_password(cfg)       # before the spool: a failed start creates nothing
+    except ValueError as e:
+        raise StartupError(str(e))
     srv = Server(cfg, None, users, tls)
     try:                            # the port first: a busy port must not create a spool file
         srv.listen()
@@ -67,9 +72,8 @@ def build(cfg, spool=None, console_stdin=False):
     except StartupError:
         srv.close_listeners()
         raise
-    from tinymta.relay import Relay
     try:
-        srv.relay = Relay(srv, cfg)
+        srv.relay = Relay(srv, cfg, password=password)
     except (OSError, ValueError, ImportError) as e:
         srv.close_listeners()
         srv.spool.close()

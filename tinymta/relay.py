@@ -31,8 +31,20 @@ from tinymta.spoolfmt import SpoolError, SpoolFull, format_id
 log = compat.get_logger("relay")
 
 
+def read_password(cfg):
+    """The smarthost password from relay.password_file, or None; ValueError (one line) when the
+    file cannot be read (mta.build asks before it creates anything)."""
+    path = cfg.relay.password_file
+    if not path:
+        return None
+    try:
+        return compat.read_file(path).strip()
+    except OSError as e:
+        raise ValueError("relay.password_file %s: cannot read: %s" % (path, compat.os_error_text(e)))
+
+
 class Relay:
-    def __init__(self, server, cfg, resolver=None):
+    def __init__(self, server, cfg, resolver=None, password=None):
         self.server = server
         self.cfg = cfg
         self.spool = server.spool
@@ -49,9 +61,7 @@ class Relay:
         t, d = r.timeout * 1000, r.data_timeout * 1000     # RFC 5321 4.5.3.2, scaled to the config
         self.timeouts = {"greeting": t, "mail": t, "rcpt": t, "command": t, "data": min(t, 120000),
                          "block": min(t, 180000), "dot": d}
-        self.password = None
-        if r.password_file:
-            self.password = compat.read_file(r.password_file).strip()
+        self.password = password if password is not None else read_password(cfg)
         self.active = {}
         self.acks_unsynced = False
         self.stats = {"delivered": 0, "bounced": 0, "deferred": 0}     # recipients, since start
