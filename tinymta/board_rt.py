@@ -35,6 +35,7 @@ WIFI_WAIT_MS = 8000         # boot waits this long for Wi-Fi, then goes on (mail
                             # under mpremote's 10 s wait for the REPL after a soft reset, which runs boot.py
 WIFI_RETRY_MS = 30000       # a lost link is joined again this often
 RP2_WDT_MAX_MS = 8388       # RP2040/RP2350 watchdog: 24 bits of microseconds
+WDT_MARGIN_MS = 2500        # of a watchdog's timeout kept for the loop around one blocking wait
 RP2_SECTOR = 4096
 
 
@@ -258,6 +259,18 @@ def mta_state(server):
 
 # --- watchdog and LED hardware -----------------------------------------------------------------
 
+def watch_over(srv, machine, timeout_ms, platform=None):
+    """Start the watchdog (or None): fed once per loop pass, and before every blocking DNS query
+    or TLS handshake, whose waits are capped to stay well inside its timeout (compat.blocking),
+    so a slow server fails a delivery instead of resetting the board again and again."""
+    wdt = make_watchdog(machine, timeout_ms, platform)
+    if wdt is not None:
+        srv.hooks.append(lambda now_ms: wdt.feed())
+        # min(): the rp2 clamp is the strictest; elsewhere the cap is only safer for it
+        compat.set_blocking_guard(wdt.feed, max(1000, min(timeout_ms, RP2_WDT_MAX_MS) - WDT_MARGIN_MS))
+    return wdt
+
+
 def make_watchdog(machine, timeout_ms, platform=None):
     """machine.WDT(timeout=...) clamped to what the chip allows; None where there is none."""
     if not timeout_ms or machine is None or not hasattr(machine, "WDT"):
@@ -323,9 +336,7 @@ def main(path=None, machine=None, network=None):
     b = cfg.board
     if b.wifi_ssid and network is not None and hasattr(network, "WLAN"):
         srv.hooks.append(WifiWatch(network.WLAN(network.STA_IF), b.wifi_ssid, b.wifi_password).hook)
-    wdt = make_watchdog(machine, b.watchdog_ms)
-    if wdt is not None:                # last: started only once everything else is up
-        srv.hooks.append(lambda now_ms: wdt.feed())
+    wdt = watch_over(srv, machine, b.watchdog_ms)     # last: started once everything else is up
     log.info("tinymta ready: listening on %s, spool %s (%d messages)%s%s",
              " ".join(["%s:%d" % a for a in cfg.server.listen]), cfg.spool.path, len(srv.spool),
              ", LED %s" % b.led if led else "", ", watchdog %d ms" % b.watchdog_ms if wdt else "")

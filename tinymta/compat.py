@@ -288,6 +288,27 @@ def client_tls_context(ca_file=None, verify=True):
     return ctx
 
 
+# --- blocking calls under a watchdog ----------------------------------------
+# On MicroPython a DNS query or a TLS handshake blocks the loop.  A board with a watchdog sets a
+# guard: each such call first feeds the watchdog, and its wait is capped below the watchdog's
+# timeout, so a slow server gives a failed delivery (retried later), never a reset loop.
+_blocking_guard = [None, 0]     # (feed: callable or None, longest blocking wait in ms, 0: none)
+
+
+def set_blocking_guard(feed, max_ms):
+    _blocking_guard[0], _blocking_guard[1] = feed, max_ms
+
+
+def blocking(want_s):
+    """Call before a blocking wait of want_s seconds: feeds the watchdog; the wait to use."""
+    feed, max_ms = _blocking_guard
+    if feed is not None:
+        feed()
+    if max_ms and want_s * 1000 > max_ms:
+        return max_ms / 1000
+    return want_s
+
+
 # --- logging --------------------------------------------------------------
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _log_level = [20]

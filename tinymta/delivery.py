@@ -246,7 +246,7 @@ class Delivery:
         """Start TLS on the socket (why: "starttls" or "implicit"); False when it failed at once.
 
         CPython: a non-blocking handshake, stepped by the loop (on_ready).  MicroPython: blocking,
-        bounded by a 30 s socket timeout."""
+        bounded by a 30 s socket timeout, or less under a watchdog (compat.blocking)."""
         r = self.relay.cfg.relay
         verify = self.mode == "smarthost"
         try:
@@ -254,7 +254,7 @@ class Delivery:
             self.relay.server.unwatch(self.sock)
             if compat.MICROPYTHON:
                 self.sock.setblocking(True)
-                self.sock.settimeout(30)
+                self.sock.settimeout(compat.blocking(30))     # under a board's watchdog: less
                 self.sock = ctx.wrap_socket(self.sock, server_hostname=self.host)
                 self.sock.setblocking(False)
             else:

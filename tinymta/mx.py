@@ -43,6 +43,7 @@ gives the same names. This module uses only:
 import dns.exception
 import dns.resolver
 
+from tinymta import compat
 from tinymta.netaddr import parse_ip
 
 FAMILIES = ("A", "AAAA")
@@ -120,6 +121,9 @@ def _literal(domain):
 
 def _query(resolver, name, rdtype):
     """resolver.resolve() with errors as DNSFailure; a name that exists with no such record -> []."""
+    if compat.MICROPYTHON:          # the query blocks the loop: feed a board's watchdog, cap the wait
+        resolver.lifetime = compat.blocking(resolver.lifetime)
+        resolver.timeout = min(resolver.timeout, resolver.lifetime)
     try:
         return list(resolver.resolve(name, rdtype))
     except dns.resolver.NXDOMAIN:

@@ -347,6 +347,26 @@ def test_watchdog_clamped_on_rp2_and_fed_by_a_timer_after_a_stop():
     assert board_rt.keep_fed(m, None, 8000) is None
 
 
+def test_watchdog_fed_each_pass_and_before_every_blocking_wait():
+    from tinymta import compat
+
+    class Srv:
+        hooks = []
+    m, srv = FakeMachine(), Srv()
+    try:
+        assert board_rt.watch_over(srv, m, 0) is None and srv.hooks == []
+        assert compat.blocking(30) == 30                 # no watchdog: DNS/TLS waits as configured
+        w = board_rt.watch_over(srv, m, 8000, "rp2")
+        srv.hooks[0](0)
+        assert w.fed == 1
+        assert compat.blocking(30) == 5.5 and w.fed == 2    # capped to 8000 - 2500 ms, fed first
+        assert compat.blocking(2) == 2 and w.fed == 3       # a short wait is left alone
+        board_rt.watch_over(srv, m, 3000, "esp32")
+        assert compat.blocking(30) == 1                     # never under a second
+    finally:
+        compat.set_blocking_guard(None, 0)
+
+
 def test_led_pin_names():
     m = FakeMachine()
     board_rt.make_led_pin(m, "25")
