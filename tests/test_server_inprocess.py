@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from mtaproc import free_port
-from tinymta.blockdev import FlashSim
+from tinymta.flashsim import FlashSim
 from tinymta.config import from_dict
 from tinymta.server import Server
 from tinymta.spool import Spool

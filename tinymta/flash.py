@@ -30,10 +30,11 @@ from tinymta import config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "tinymta")
 FIRMWARE = os.path.join(ROOT, "firmware", "micropython")
-# tinymta modules a board does not need: the CPython command line and its host-side tools.
+# tinymta modules a board does not need: the CPython command line, its host-side tools and the
+# tests' flash simulator.
 # (Keep firmware/micropython/manifest.py's HOST_ONLY the same; tests/test_flash.py checks.)
-HOST_ONLY = ("__main__.py", "boards.py", "cli.py", "ctl.py", "ctlsock.py", "flash.py", "install.py", "sendmail.py",
-             "spooltool.py")
+HOST_ONLY = ("__main__.py", "boards.py", "cli.py", "ctl.py", "ctlsock.py", "flash.py", "flashsim.py", "install.py",
+             "sendmail.py", "spooltool.py")
 FIRMWARE_FILES = ("boot.py", "main.py")
 TIMEOUT = 600
 

@@ -14,7 +14,7 @@ flushes that returned) and checks the invariants of SPOOL.md after every mount:
 
 Runs on CPython and MicroPython (no pytest here).
 """
-from tinymta.blockdev import FlashSim, PowerLoss  # noqa: F401  (PowerLoss re-exported for tests)
+from tinymta.flashsim import FlashSim, PowerLoss  # noqa: F401  (PowerLoss re-exported for tests)
 from tinymta.spool import Spool, SpoolFull
 
 SENDER = "sensor@lan.example"

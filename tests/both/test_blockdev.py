@@ -5,7 +5,8 @@ Runs on CPython and MicroPython.
 import os
 
 from tinymta import compat
-from tinymta.blockdev import FlashSim, FileBlockDevice, BlockDeviceError, PowerLoss
+from tinymta.blockdev import FileBlockDevice, BlockDeviceError
+from tinymta.flashsim import FlashSim, PowerLoss
 from spoolharness import raises
 
 

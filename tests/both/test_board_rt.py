@@ -5,7 +5,7 @@ Both runtimes (tests/mp_runner.py runs it under MicroPython)."""
 import os
 
 from tinymta import board_rt
-from tinymta.blockdev import FlashSim
+from tinymta.flashsim import FlashSim
 from tinymta.config import from_dict
 from tinymta.queue import Queue
 

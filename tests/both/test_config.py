@@ -338,7 +338,7 @@ def test_spool_geometry():
 
 
 def test_largest_allowed_message_really_fits_an_empty_spool():
-    from tinymta.blockdev import FlashSim
+    from tinymta.flashsim import FlashSim
     from tinymta.spool import Spool
     for size, sector, unit in ((256 << 10, 4096, 256), (64 << 10, 4096, 16), (1 << 20, 65536, 4096)):
         limit = spool_admission_limit(size, sector)

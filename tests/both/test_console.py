@@ -7,7 +7,7 @@ test_console_stdin.py); here each command's effect on the queue and the spool is
 import json
 
 from tinymta import compat
-from tinymta.blockdev import FlashSim
+from tinymta.flashsim import FlashSim
 from tinymta.config import from_dict
 from tinymta.console import Console, LogRing, Session, LOG_LINES
 from tinymta.relay import Relay

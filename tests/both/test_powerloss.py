@@ -11,7 +11,7 @@ slower board needs it).  The counts are printed and reported by
 conftest.py at the end of the pytest run.
 """
 import spoolharness as H
-from tinymta.blockdev import FAULTS
+from tinymta.flashsim import FAULTS
 
 STRIDE = 1
 GEOMETRIES = {

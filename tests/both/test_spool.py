@@ -4,7 +4,7 @@ Runs on CPython and MicroPython.  Power loss has its own campaign (test_powerlos
 """
 from tinymta import compat
 from tinymta import spoolfmt as fmt
-from tinymta.blockdev import FlashSim
+from tinymta.flashsim import FlashSim
 from tinymta.spool import Spool, SpoolFull, SpoolCorrupt, SpoolError
 from spoolharness import make_body, raises
 
