@@ -603,6 +603,41 @@ def test_resolv_conf_and_no_configuration(tmp_path, dm):
 
 
 @needs_dnsmasq
+def test_dhcp_server_followed_when_wifi_comes_up_late(tmp_path, dm, monkeypatch):
+    """A board's resolver built before Wi-Fi is up (no resolv.conf, no address yet) must start
+    working once DHCP gives a server, and follow a new one, not stay empty for good."""
+    import types
+    iface = {"dns": "0.0.0.0"}
+    network = types.ModuleType("network")
+    network.STA_IF = 0
+
+    class WLAN:
+        def __init__(self, which):
+            pass
+
+        def ifconfig(self):
+            return ("0.0.0.0", "0.0.0.0", "0.0.0.0", iface["dns"])
+    network.WLAN = WLAN
+    monkeypatch.setitem(sys.modules, "network", network)
+    r = shim.resolver.Resolver(filename=str(tmp_path / "missing"))
+    r.lifetime = 2
+    with pytest.raises(shim.resolver.NoNameservers):
+        r.resolve("mx2.example.test", "A")                 # Wi-Fi not up yet
+    iface["dns"] = "127.0.0.1"
+    r.nameserver_ports = {"127.0.0.1": dm.port, "127.0.0.2": dm.port}
+    assert [rd.address for rd in r.resolve("mx2.example.test", "A")] == ["127.0.0.3"]
+    iface["dns"] = "127.0.0.2"                              # a new lease, another server (silent here)
+    with pytest.raises(shim.resolver.NoNameservers):
+        r.resolve("mx2.example.test", "A")
+    assert r.nameservers == ["127.0.0.2"]
+    fixed = shim.resolver.Resolver(configure=False)          # servers given: never replaced
+    fixed.nameservers = ["127.0.0.1"]
+    fixed.nameserver_ports = {"127.0.0.1": dm.port}
+    fixed.resolve("mx2.example.test", "A")
+    assert fixed.nameservers == ["127.0.0.1"]
+
+
+@needs_dnsmasq
 @pytest.mark.skipif(not os.path.exists(MICROPYTHON), reason="MicroPython unix port not installed")
 def test_micropython_resolves_as_dnspython_does(dm, tmp_path):
     probe = tmp_path / "probe.py"

@@ -291,9 +291,11 @@ class Resolver:
         self.timeout = 2.0
         self.lifetime = 5.0
         self.search = []
+        self._dhcp = None           # the server taken from the network interface, if any
         if configure:
             self.read_resolv_conf(filename)
             if not self.nameservers:
+                self._dhcp = ""     # follow the interface: asked again at every resolve()
                 self._from_network()
 
     def read_resolv_conf(self, filename):
@@ -309,14 +311,20 @@ class Resolver:
                 self.nameservers.append(words[1])
 
     def _from_network(self):
-        """On a board: the DNS server the station interface got by DHCP (ifconfig()[3])."""
+        """On a board: the DNS server the station interface got by DHCP (ifconfig()[3]).
+        Wi-Fi may come up after the MTA started, and DHCP may hand out another server later, so a
+        resolver configured this way asks again before every lookup."""
         try:
             import network
             dns = network.WLAN(network.STA_IF).ifconfig()[3]
         except Exception:       # no network module (unix port, CPython), or no interface up
             return
-        if dns and dns != "0.0.0.0":
-            self.nameservers.append(dns)
+        if not dns or dns == "0.0.0.0" or dns == self._dhcp:
+            return
+        if self._dhcp in self.nameservers:
+            self.nameservers.remove(self._dhcp)
+        self._dhcp = dns
+        self.nameservers.append(dns)
 
     def resolve(self, qname, rdtype="A", rdclass="IN", tcp=False):
         """The Answer for qname (str, taken as absolute) and rdtype; see the module docstring."""
@@ -327,6 +335,8 @@ class Resolver:
             raise DNSException("unsupported record type %r" % (rdtype,))
         labels = _wire.from_text(qname)
         qkey = _wire.key(labels)
+        if self._dhcp is not None:
+            self._from_network()
         if not self.nameservers:
             raise NoNameservers("no nameservers configured (no /etc/resolv.conf and none given)")
         start = ticks_ms()
