@@ -89,3 +89,20 @@ def test_mx_relay_deferral_retry_and_power_cut_on_micropython(peers, tmp_path):
     log = again.log()
     assert "MemoryError" not in log and "Traceback" not in log, log[-3000:]
     assert ("MX", "example.test") in dns.queries()
+
+
+def test_smarthost_name_resolved_by_the_dns_shim_on_micropython(peers, tmp_path):
+    """A smarthost given by name: on MicroPython it is looked up through the dns shim (bounded
+    waits that feed a board's watchdog), not lwIP's unbounded getaddrinfo."""
+    lib = build_mpy(str(tmp_path / "mpy"))
+    dns = peers.dns(hosts={"smart.example.test": MAIN})
+    sink = peers.smtp_sink(MAIN)
+    relay = {"mode": "smarthost", "smarthost": "smart.example.test:%d" % peers.port, "tls": "none",
+             "dns_servers": ["%s:%d" % dns.server], "retry_min": "1s", "retry_max": "1s"}
+    mta = peers.mta(runtime="micropython", heap=HEAP, mpypath=lib, relay=relay)
+    msg = message("mp-smarthost", rcpt=RCPT)
+    send(mta, SENDER, [RCPT], msg)
+    delivered_once(sink, msg, rcpts=[RCPT])
+    assert ("A", "smart.example.test") in dns.queries()
+    assert mta.stop() == 0
+    assert pending(mta) == []

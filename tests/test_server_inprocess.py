@@ -59,3 +59,24 @@ def test_dotless_recipient_domain_is_refused(server):
         assert code == 550 and b"5.1.2" in text
         assert s.rcpt("admin@[127.0.0.2]")[0] == 250
         assert s.rcpt("postmaster")[0] == 250
+
+
+def test_a_failing_loop_hook_is_logged_and_the_loop_goes_on(server):
+    """A part's hook that raises (a relay bug, a board's MemoryError) must not stop the MTA."""
+    from tinymta import compat
+    srv, _, port = server
+    lines, calls = [], []
+
+    def broken(now_ms):
+        calls.append(now_ms)
+        raise MemoryError("memory allocation failed, allocating 16384 bytes")
+    compat.set_log_sink(lines.append)
+    try:
+        srv.hooks.append(broken)
+        assert _send(port, 1) == {}
+        assert _send(port, 2) == {}                     # still serving after the hook failed
+    finally:
+        srv.hooks.remove(broken)
+        compat.set_log_sink(None)
+    assert len(calls) >= 2 and srv.running
+    assert [ln for ln in lines if "loop hook" in ln and "MemoryError" in ln]

@@ -213,9 +213,11 @@ def open_spool_device(cfg, rp2=None, esp32=None, os=None):
         dev = _esp32_partition(esp32, cfg.spool, name, offset)
         if dev is not None:
             return dev
-    if "@" in cfg.spool.path:
-        raise _startup_error("spool.path %s: no flash partition \"%s\" on this hardware" % (cfg.spool.path, name))
-    return None
+    hardware = (rp2 is not None and hasattr(rp2, "Flash")) or (esp32 is not None and hasattr(esp32, "Partition"))
+    if "@" in cfg.spool.path or hardware:   # on a board a name is a partition: never silently a file
+        raise _startup_error("spool.path %s: no flash partition \"%s\" on this hardware (a spool file"
+                             " needs an absolute path, like \"/tinymta.spool\")" % (cfg.spool.path, name))
+    return None                             # the unix port: a file in the current directory
 
 
 def open_spool(cfg, **modules):

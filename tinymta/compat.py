@@ -299,13 +299,14 @@ def set_blocking_guard(feed, max_ms):
     _blocking_guard[0], _blocking_guard[1] = feed, max_ms
 
 
-def blocking(want_s):
-    """Call before a blocking wait of want_s seconds: feeds the watchdog; the wait to use."""
+def blocking(want_s, waits=1):
+    """Call before a blocking call of `waits` waits of want_s seconds each (a socket timeout
+    applies to each wait): feeds the watchdog; the per-wait timeout to use."""
     feed, max_ms = _blocking_guard
     if feed is not None:
         feed()
-    if max_ms and want_s * 1000 > max_ms:
-        return max_ms / 1000
+    if max_ms and want_s * 1000 * waits > max_ms:
+        return max_ms / 1000 / waits
     return want_s
 
 

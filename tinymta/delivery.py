@@ -12,6 +12,7 @@ import socket
 
 from tinymta import compat, netio
 from tinymta.client import Client
+from tinymta.netaddr import parse_ip
 from tinymta.spoolfmt import SpoolCorrupt, format_id
 
 _thread = None                  # CPython: a worker for blocking DNS lookups; boards look up inline
@@ -97,8 +98,12 @@ class Delivery:
         r = self.relay.cfg.relay
         if self.mode == "smarthost":
             host, port = r.smarthost
-            addrs = [ai[-1][0] for ai in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)] \
-                if not compat.MICROPYTHON else [host]
+            if not compat.MICROPYTHON:
+                addrs = [ai[-1][0] for ai in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)]
+            elif parse_ip(host) is not None:
+                addrs = [host]
+            else:   # not lwIP's getaddrinfo: it blocks unbounded; the dns shim is capped and feeds the watchdog
+                addrs = self.relay.smarthost_addresses(host)
             return [(host, a, port) for a in addrs]
         out = []
         for name, addrs in self.relay.mx.resolve_mx(self.route, self.relay.resolver):
@@ -254,7 +259,9 @@ class Delivery:
             self.relay.server.unwatch(self.sock)
             if compat.MICROPYTHON:
                 self.sock.setblocking(True)
-                self.sock.settimeout(compat.blocking(30))     # under a board's watchdog: less
+                # the handshake waits for the server about 3 times (hello, key exchange, finished):
+                # under a board's watchdog all of them together stay inside its timeout
+                self.sock.settimeout(compat.blocking(30, 3))
                 self.sock = ctx.wrap_socket(self.sock, server_hostname=self.host)
                 self.sock.setblocking(False)
             else:

@@ -1,7 +1,8 @@
 """Where mail for a domain goes: MX resolution for the relay's "mx" mode (RFC 5321 §5.1, RFC 7505).
 
 Holds `resolve_mx(domain, resolver)`, which returns the hosts to try, in order, each as
-(name, [addresses]); `make_resolver(dns_servers, timeout)`, which builds the resolver from
+(name, [addresses]); `host_addresses(resolver, host, families)` for one host (the smarthost's
+name on MicroPython); `make_resolver(dns_servers, timeout)`, which builds the resolver from
 relay.dns_servers; and `DNSFailure`, raised when there is nowhere to deliver. The rules
 (protocol.md §1.8, §2.2):
 
@@ -61,7 +62,7 @@ class DNSFailure(Exception):
 
 
 class _TimedOut(DNSFailure):
-    """A DNSFailure from a timeout (internal: _addresses skips the host's other family)."""
+    """A DNSFailure from a timeout (internal: host_addresses skips the host's other family)."""
 
 
 def make_resolver(dns_servers, timeout=5, lifetime=None):
@@ -165,7 +166,7 @@ def _mx_order(records, rng):
     return out
 
 
-def _addresses(resolver, host, families):
+def host_addresses(resolver, host, families):
     """(addresses, None) or ([], why) for one host, in families order, resolver order within.
     why is None too when the host simply has no address records (every lookup said NODATA)."""
     addrs, whys = [], []
@@ -231,7 +232,7 @@ def resolve_mx(domain, resolver, rng=None, families=FAMILIES, own_names=()):
         if name in seen:  # one host listed at two preferences: its first place counts
             continue
         seen.append(name)
-        addrs, why = _addresses(resolver, name, families)
+        addrs, why = host_addresses(resolver, name, families)
         if addrs:
             hosts.append((name, addrs))
         elif implicit and why is None:      # the domain exists but has no MX, A or AAAA at all

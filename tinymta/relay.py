@@ -71,6 +71,18 @@ class Relay:
         server.hooks.append(self.tick)
         server.on_queued = self.queued
 
+    def smarthost_addresses(self, host):
+        """The smarthost's addresses through tinymta.mx (MicroPython: the dns shim, whose waits
+        are bounded); DNSFailure when it has none.  Loads the resolver on first use."""
+        if self.mx is None:
+            from tinymta import mx
+            self.mx = mx
+            self.resolver = mx.make_resolver(self.cfg.relay.dns_servers)
+        addrs, why = self.mx.host_addresses(self.resolver, host, self.mx.FAMILIES)
+        if not addrs:
+            raise self.mx.DNSFailure(False, "4.4.3", why or "%s: no address record" % host)
+        return addrs
+
     def queued(self, msg_id):
         self.queue.add(msg_id, compat.unix_time(), compat.unix_time())
 

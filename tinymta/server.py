@@ -199,7 +199,10 @@ class Server(Intake):
                 self._drop_message(c)
                 self._flush(c)
         for hook in self.hooks:
-            hook(now)
+            try:
+                hook(now)
+            except Exception as e:      # a part's failure (relay, console, LED) never stops the loop
+                log.error("loop hook %r failed: %r", hook, e)
 
     def _wait_ms(self, max_wait_ms):
         return 0 if self.to_commit else max_wait_ms

@@ -261,7 +261,9 @@ def test_esp32_partition_and_file_fallback():
     assert "65536" in msg and "131072" in msg
     msg = _startup_error(lambda: board_rt.open_spool(_cfg("spool@4096"), rp2=False, esp32=FakeEsp32(65536)))
     assert "whole" in msg
-    assert board_rt.open_spool_device(_cfg("tinymta.spool"), rp2=False, esp32=FakeEsp32(65536)) is None
+    # on hardware a relative name is a partition; a missing one is an error, never a file by surprise
+    msg = _startup_error(lambda: board_rt.open_spool_device(_cfg("spool2"), rp2=False, esp32=FakeEsp32(65536)))
+    assert 'no flash partition "spool2"' in msg and "/tinymta.spool" in msg
     assert board_rt.open_spool_device(_cfg("tinymta.spool"), rp2=False, esp32=False) is None   # a file
     msg = _startup_error(lambda: board_rt.open_spool_device(_cfg("flash@344064"), rp2=False, esp32=False))
     assert "no flash partition" in msg
@@ -361,6 +363,7 @@ def test_watchdog_fed_each_pass_and_before_every_blocking_wait():
         assert w.fed == 1
         assert compat.blocking(30) == 5.5 and w.fed == 2    # capped to 8000 - 2500 ms, fed first
         assert compat.blocking(2) == 2 and w.fed == 3       # a short wait is left alone
+        assert abs(compat.blocking(30, 3) - 5.5 / 3) < 1e-9  # three waits share the budget
         board_rt.watch_over(srv, m, 3000, "esp32")
         assert compat.blocking(30) == 1                     # never under a second
     finally:
