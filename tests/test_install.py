@@ -9,8 +9,11 @@ at a free loopback port, and a mail sent with smtplib lands in the installed spo
 wrapper's command line hands one over too; SIGTERM ends it with status 0.
 A second run changes no file; an edited config is kept (replaced with --force, saved as .bak);
 another MTA's sendmail is not replaced; a MicroPython board, a bad user config or a spool file of
-the wrong size give one line on stderr and exit status 2.  Without systemd-sysusers the user is
-appended to the root's passwd/group/shadow.
+the wrong size give one line on stderr and exit status 2 (with --force too, the config left as it
+was).  Under umask 027 the directories are still 0755; a secret is never world-readable, not in
+the .bak nor in a .tmp; a python or checkout under /home, /root, /tmp or /var/tmp is noted as
+hidden from the service.  Without systemd-sysusers the user is appended to the root's
+passwd/group/shadow.
 """
 import hashlib
 import io
@@ -35,10 +38,11 @@ from tinymta.spool import Spool
 SMALL = 'max_message_size = "256K"\n'  # with a 1 MiB spool: fast installs for the other tests
 
 
-def run_install(root, *extra, check=True):
+def run_install(root, *extra, check=True, umask=None):
     r = subprocess.run([sys.executable, "-m", "tinymta", "install", "--root", str(root)] + list(extra),
                        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, timeout=120)
+                       stderr=subprocess.PIPE, timeout=120,
+                       preexec_fn=None if umask is None else (lambda: os.umask(umask)))
     out, err = r.stdout.decode(), r.stderr.decode()
     if check:
         assert r.returncode == 0, out + err
@@ -279,6 +283,71 @@ def test_spool_of_the_wrong_size_is_refused(tmp_path):
     rc, _, err = run_install(root, "--board", "rpi-5", "-c", small_user_config(tmp_path), check=False)
     assert rc == 2 and "is 524288 bytes but the spool size is 1048576" in err and err.count("\n") == 1, err
     assert os.path.getsize(spool) == 65536 * 8          # untouched
+
+
+def test_directories_are_0755_under_a_restrictive_umask(tmp_path):
+    root = str(tmp_path / "root")
+    run_install(root, "--board", "rpi-4", "-c", small_user_config(tmp_path), umask=0o027)
+    modes = {os.path.relpath(d, root): os.stat(d).st_mode & 0o777 for d, _, _ in os.walk(root)}
+    assert modes.pop("var/lib/tinymta") == 0o700 and "etc/tinymta" in modes and "usr/sbin" in modes
+    assert modes == dict.fromkeys(modes, 0o755), modes
+    for path, mode in ((install.CONFIG, 0o644), (install.UNIT, 0o644), (install.WRAPPER, 0o755), ("/etc/passwd", 0o644)):
+        assert os.stat(at(root, path)).st_mode & 0o777 == mode, path
+
+
+def test_force_never_leaves_a_secret_world_readable(tmp_path, monkeypatch):
+    root = str(tmp_path / "root")
+    user = small_user_config(tmp_path, '[console]\npassword = "s3cret"\n')
+    run_install(root, "--board", "rpi-4", "-c", user)
+    conf = at(root, install.CONFIG)
+    with open(conf, "a") as f:
+        f.write("# my change\n")
+    st = os.stat(conf)
+    assert st.st_mode & 0o777 == 0o640
+    seen, real_replace = {}, os.replace
+    def replace(src, dst):      # each file's mode when it takes its place (written already)
+        seen[os.path.basename(dst)] = os.stat(src).st_mode & 0o777
+        real_replace(src, dst)
+    monkeypatch.setattr(install.os, "replace", replace)
+    out = io.StringIO()
+    install.install("rpi-4", root, user, force=True, out=out)
+    assert "updated    /etc/tinymta/tinymta.toml" in out.getvalue()
+    assert seen["tinymta.toml"] == seen["tinymta.toml.bak"] == 0o640, seen
+    bak = os.stat(conf + ".bak")
+    assert (bak.st_mode, bak.st_uid, bak.st_gid) == (st.st_mode, st.st_uid, st.st_gid)
+    assert open(conf + ".bak").read().endswith("# my change\n")
+    assert os.stat(conf).st_mode & 0o777 == 0o640 and not os.path.exists(conf + ".tmp")
+
+
+def test_force_with_another_spool_size_changes_nothing(tmp_path):
+    root = str(tmp_path / "root")
+    run_install(root, "--board", "rpi-4", "-c", small_user_config(tmp_path))
+    before = _snapshot(root)
+    bigger = tmp_path / "bigger.toml"
+    bigger.write_text('[spool]\nsize = "2M"\n[server]\n' + SMALL)
+    rc, out, err = run_install(root, "--board", "rpi-4", "-c", str(bigger), "--force", check=False)
+    assert rc == 2 and err.startswith("tinymta: ") and err.count("\n") == 1, err
+    assert "is 1048576 bytes but the spool size is 2097152: it may hold mail" in err, err
+    assert "left as they were; keep spool.size = 1048576, or let tinymta deliver everything" in err, err
+    assert _snapshot(root) == before           # the config (and the spool) as they were
+
+
+@pytest.mark.parametrize("python, checkout, notes", [
+    ("/var/tmp/venv/bin/python3", "/home/pi/tinymta",
+     ["/var/tmp/venv/bin/python3 is hidden from the service by PrivateTmp=",
+      "/home/pi/tinymta is hidden from the service by ProtectHome="]),
+    ("/root/venv/bin/python3", "/tmp", ["/root/venv/bin/python3 is hidden from the service by ProtectHome=",
+                                        "/tmp is hidden from the service by PrivateTmp="]),
+    ("/usr/bin/python3", "/opt/tmp/tinymta", []),
+])
+def test_paths_hidden_from_the_service_are_noted(tmp_path, monkeypatch, python, checkout, notes):
+    monkeypatch.setattr(install, "entry_point", lambda: ([python, "-m", "tinymta"], checkout))
+    out = io.StringIO()
+    install.install("rpi-4", str(tmp_path / "root"), small_user_config(tmp_path), out=out)
+    text = out.getvalue()
+    assert text.count("is hidden from the service") == len(notes), text
+    for n in notes:
+        assert "note       " + n + ": install tinymta system-wide" in text, text
 
 
 def test_user_without_systemd_sysusers(tmp_path, monkeypatch):

@@ -12,7 +12,9 @@ minimal entries to DIR/etc/passwd, group (and shadow when present) itself.
 
 Running it twice changes nothing: files with the right content are left alone, an existing
 spool is never reformatted, and a config that differs from what the profile gives (edited by
-hand) is kept unless --force (the old one is then saved as tinymta.toml.bak).  An existing
+hand) is kept unless --force (the old one is then saved as tinymta.toml.bak, its mode kept); a
+spool the new config cannot use (another spool.size) leaves both as they were.  Files get their
+mode before they hold a byte, directories theirs whatever the umask.  An existing
 /usr/sbin/sendmail of another MTA is never replaced.
 
 It must not know the spool format, SMTP or the profile schema (tinymta.boards and
@@ -40,6 +42,14 @@ USER = "tinymta"
 
 class InstallError(Exception):
     """Something the user can fix; the message is one line."""
+
+
+def mkdirs(real, mode=0o755):
+    """os.makedirs, each new directory (its parents 0755) with mode whatever the umask."""
+    if not os.path.isdir(real):
+        mkdirs(os.path.dirname(real))
+        os.mkdir(real)
+        os.chmod(real, mode)
 
 
 def firmware_dir():
@@ -134,7 +144,6 @@ class Installer:
     # ---- files -----------------------------------------------------------------------------
     def write(self, path, text, mode=0o644, owner=False, keep_edited=False):
         real = self.at(path)
-        os.makedirs(os.path.dirname(real), exist_ok=True)
         data = text.encode("utf-8")
         old = None
         if os.path.lexists(real):
@@ -147,11 +156,9 @@ class Installer:
             return False
         else:
             if old is not None and keep_edited:
-                shutil.copyfile(real, real + ".bak")
-            tmp = real + ".tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, real)
+                st = os.stat(real)
+                self._put(real + ".bak", old, st.st_mode & 0o7777, (st.st_uid, st.st_gid))
+            self._put(real, data, mode, (0, self.gid) if owner and self.gid is not None else (-1, -1))
             self.say("%s %s" % ("updated   " if old is not None else "wrote     ", path))
         os.chmod(real, mode)
         if owner:
@@ -183,7 +190,7 @@ class Installer:
             return
         tool = shutil.which("systemd-sysusers")
         if tool:
-            os.makedirs(self.at("/etc"), exist_ok=True)   # sysusers needs the directory for its lock
+            mkdirs(self.at("/etc"))   # sysusers needs the directory for its lock
             cmd = [tool] + (["--root", self.root] if self.root else []) + [self.at(SYSUSERS)]
         elif not self.root and shutil.which("useradd"):
             cmd = ["useradd", "--system", "--user-group", "--home-dir", STATE_DIR, "--no-create-home",
@@ -230,18 +237,21 @@ class Installer:
                 p[3] = ",".join([m for m in p[3].split(",") if m] + [USER])
             lines.append(":".join(p))
         lines.append("%s:x:%d:" % (USER, uid))
-        self._put("/etc/group", "\n".join(lines) + "\n", 0o644)
-        self._put("/etc/passwd", (files["passwd"] or "") + "%s:x:%d:%d:tinymta mail transfer agent:%s:"
-                  "/usr/sbin/nologin\n" % (USER, uid, uid, STATE_DIR), 0o644)
+        self._put(self.at("/etc/group"), ("\n".join(lines) + "\n").encode(), 0o644)
+        self._put(self.at("/etc/passwd"), ((files["passwd"] or "") + "%s:x:%d:%d:tinymta mail transfer agent:%s:"
+                  "/usr/sbin/nologin\n" % (USER, uid, uid, STATE_DIR)).encode(), 0o644)
         if files["shadow"] is not None:
-            self._put("/etc/shadow", files["shadow"] + "%s:!*:::::::\n" % USER, 0o640)
+            self._put(self.at("/etc/shadow"), (files["shadow"] + "%s:!*:::::::\n" % USER).encode(), 0o640)
 
-    def _put(self, path, text, mode):
-        real = self.at(path)
-        os.makedirs(os.path.dirname(real), exist_ok=True)
-        with open(real + ".tmp", "w") as f:
-            f.write(text)
-        os.chmod(real + ".tmp", mode)
+    def _put(self, real, data, mode, owner=(-1, -1)):
+        """real written whole through real.tmp, which has its mode and owner before it holds a byte."""
+        mkdirs(os.path.dirname(real))
+        fd = os.open(real + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            if self.as_root:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+            f.write(data)
         os.replace(real + ".tmp", real)
 
     # ---- the spool ---------------------------------------------------------------------------
@@ -254,9 +264,15 @@ class Installer:
         real = self.at(path)
         d = os.path.dirname(real)
         if not os.path.isdir(d):
-            os.makedirs(d, 0o700)
+            mkdirs(d, 0o700)
             self.chown(d)
         existed = os.path.exists(real)
+        have = os.path.getsize(real) if existed else sc.size
+        if have != sc.size:
+            raise InstallError("spool %s is %d bytes but the spool size is %d: it may hold mail and cannot be resized,"
+                               " so the config and the spool are left as they were; keep spool.size = %d, or let"
+                               " tinymta deliver everything (tinymta mailq), stop it, move the spool away and re-run"
+                               % (path, have, sc.size, have))
         try:
             dev = FileBlockDevice(real, size=sc.size, block_size=sc.sector_size, prog_unit=sc.prog_unit)
             try:
@@ -361,10 +377,12 @@ def install(board, root=None, user_config=None, force=False, out=None, directory
               % (name, os.path.basename(profile["source"]), " and " + user_config if user_config else ""))
     # World-readable so that sendmail(1) run by any user finds the MTA, unless it holds a secret.
     secret = any((d.get(k.split(".")[0]) or {}).get(k.split(".")[1]) for k in config.SECRET_KEYS)
-    os.makedirs(ins.at("/etc/tinymta"), exist_ok=True)
-    ins.write(CONFIG, toml_text(d, header), 0o640 if secret else 0o644, owner=secret, keep_edited=True)
-    cfg = config.load(ins.at(CONFIG))   # the file in force, edited or not
+    mkdirs(ins.at("/etc/tinymta"))
+    os.chmod(ins.at("/etc/tinymta"), 0o755)     # the service user reads its config (and repairs a 0750 one)
+    # The config in force (an edited one is kept unless --force): its spool first, changing nothing on error.
+    cfg = config.load(ins.at(CONFIG)) if os.path.exists(ins.at(CONFIG)) and not force else config.from_dict(d, CONFIG)
     spool_path = ins.spool(cfg)
+    ins.write(CONFIG, toml_text(d, header), 0o640 if secret else 0o644, owner=secret, keep_edited=True)
     argv, pythonpath = entry_point()
     ins.write(UNIT, _unit_text(template, argv, pythonpath))
     ins.write(DROPIN, _dropin_text(profile, cfg, spool_path))
@@ -375,9 +393,11 @@ def install(board, root=None, user_config=None, force=False, out=None, directory
     if pythonpath:
         ins.say("note       tinymta is not pip-installed for %s: the unit runs it from %s" % (argv[0], pythonpath))
     for p in (argv[0], pythonpath or ""):
-        if p.startswith(("/home/", "/root/", "/run/user/")):
-            ins.say("note       %s is hidden from the service by ProtectHome=: install tinymta system-wide"
-                    " (e.g. /usr/bin/python3 -m pip install .) and re-run" % p)
+        by = [o for o, dirs in (("ProtectHome=", ("/home/", "/root/", "/run/user/")),
+                                ("PrivateTmp=", ("/tmp/", "/var/tmp/"))) if (p + "/").startswith(dirs)]
+        if by:
+            ins.say("note       %s is hidden from the service by %s: install tinymta system-wide (e.g. /usr/bin/"
+                    "python3 -m pip install .) and re-run" % (p, by[0]))
     for line in _console_help(cfg.console.serial, ins.root):
         ins.say(line)
     nets = ", ".join(n[3] for n in cfg.server.relay_networks)
@@ -403,7 +423,7 @@ def _sendmail_link(ins):
         what = "-> " + os.readlink(real) if os.path.islink(real) else "a file"
         ins.say("kept       %s (%s, another MTA's: remove it and re-run to use %s)" % (SENDMAIL, what, WRAPPER))
         return
-    os.makedirs(os.path.dirname(real), exist_ok=True)
+    mkdirs(os.path.dirname(real))
     os.symlink(os.path.basename(WRAPPER), real)
     ins.say("linked     %s -> %s" % (SENDMAIL, os.path.basename(WRAPPER)))
 
