@@ -228,3 +228,55 @@ def test_bad_input_on_the_socket(tmp_path):
         after = mailq(mta)
         assert after[:2] == before and len(after) == 3
         assert "control socket:" in mta.log()
+
+
+def test_a_file_at_the_socket_path_is_never_removed(tmp_path):
+    """console.socket naming an existing file (a typo; the spool itself): refused, file intact."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me\n")
+    mta = MTA(tmp_path, console={"socket": str(notes)})
+    with pytest.raises(RuntimeError) as info:
+        mta.start()
+    assert "exists and is not a socket" in str(info.value) and notes.read_text() == "keep me\n"
+    with MTA(tmp_path) as first:                    # the spool as the socket path: refused, mail kept
+        send(first)
+    spool_too = MTA(tmp_path, console={"socket": first.spool_path})
+    with pytest.raises(RuntimeError):
+        spool_too.start()
+    with MTA(tmp_path) as again:
+        assert len(mailq(again)) == 1
+
+
+def test_ids_are_one_word_each(tmp_path):
+    with MTA(tmp_path) as mta:
+        send(mta)
+        (qid,) = [m["queue_id"] for m in mailq(mta)]
+        for bad in (qid + "\nflush", qid + " " + qid, "", "\x03"):
+            rc, out, err = cli(mta, "hold", bad)
+            assert rc == 2 and "is not a queue id" in err, (bad, rc, err)
+        assert [m["queue_name"] for m in mailq(mta)] == ["active"]     # nothing was run
+
+
+def test_busy_is_75_and_a_client_that_never_reads_is_dropped(tmp_path):
+    with MTA(tmp_path) as mta:
+        path = mta.config["console"]["socket"]
+        hogs = [raw(path) for _ in range(8)]                            # MAX_CLIENTS
+        time.sleep(0.3)
+        rc, out, err = cli(mta, "status")
+        assert rc == 75 and "busy" in err, (rc, err)
+        for h in hogs:
+            h.close()
+        deadline = time.time() + 10
+        while cli(mta, "status")[0] != 0 and time.time() < deadline:    # once it saw them go
+            time.sleep(0.1)
+        greedy = raw(path)
+        greedy.settimeout(30)
+        greedy.sendall(b"config --json\n" * 4000)                       # ~6 MB of answers, never read
+        def dropped():
+            return "unread; dropped" in mta.log()
+        deadline = time.time() + 20
+        while not dropped() and time.time() < deadline:
+            time.sleep(0.2)
+        assert dropped(), mta.log()[-2000:]
+        greedy.close()
+        assert cli(mta, "status")[0] == 0                              # still answering

@@ -184,3 +184,49 @@ def _wait_deferred(con, n):
         return len(q) == n and all(m["queue_name"] == "deferred" for m in q)
     _wait(deferred, "%d deferred messages" % n)
     return box
+
+
+def test_output_nobody_reads_never_blocks_the_mta(tmp_path):
+    """stdout a pipe nobody reads: the console's answers fill it, the MTA keeps serving SMTP
+    and the control socket (the answers wait in a bounded buffer, the oldest dropped)."""
+    import subprocess
+    import sys as _sys
+    with MTA(tmp_path, console_stdin=True) as mta:      # MTA.start read up to READY, then nobody
+        for _ in range(20):
+            mta.proc.stdin.write(b"help\nconfig\nstatus\n" * 20)
+            mta.proc.stdin.flush()
+        with MTA.smtp(mta, timeout=10) as s:
+            assert s.sendmail("cam@lan.example", ["ops@example.org"], b"Subject: x\r\n\r\ny\r\n") == {}
+        p = subprocess.run([_sys.executable, "-m", "tinymta", "status", "-c", mta.config_path],
+                           capture_output=True, timeout=20,
+                           env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        assert p.returncode == 0 and b"1 received" in p.stdout
+        assert mta.stop() == 0
+
+
+def test_a_failed_start_gives_the_terminal_back(tmp_path):
+    """A second MTA on the same control socket refuses to start; the terminal it was given for
+    --console must not be left in raw mode."""
+    import pty
+    import subprocess
+    import sys as _sys
+    import termios
+    with MTA(tmp_path) as first:
+        second = MTA(tmp_path / "..", console_stdin=True)
+        second.config["console"]["socket"] = first.config["console"]["socket"]
+        second.config["spool"]["path"] = str(tmp_path / "second.spool")
+        second.config_path = str(tmp_path / "second.json")
+        with open(second.config_path, "w") as f:
+            json.dump(second.config, f)
+        master, slave = pty.openpty()
+        before = termios.tcgetattr(slave)
+        try:
+            p = subprocess.run([_sys.executable, "-m", "tinymta", "serve", "-c", second.config_path, "--console"],
+                               stdin=slave, stdout=slave, stderr=subprocess.PIPE, timeout=20,
+                               env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+            after = termios.tcgetattr(slave)
+        finally:
+            os.close(master)
+            os.close(slave)
+        assert p.returncode == 2 and b"another tinymta is running there" in p.stderr
+        assert after == before

@@ -90,6 +90,9 @@ class Console:
     def execute(self, sess, line):
         """(ok, text) for one command line; never raises for bad input."""
         if sess.reading_password:
+            if not line:            # Enter alone: no guess to judge, the unlock is called off
+                sess.reading_password = False
+                return True, "unlock called off"
             return self._check_password(sess, line)
         words = line.split()
         as_json = False
@@ -111,9 +114,9 @@ class Console:
             if as_json:
                 return False, json.dumps({"ok": False, "error": str(e)})
             return False, "error: %s" % e
-        except (SpoolError, OSError, ValueError) as e:    # a failure of the spool or the host
-            log.error("%s failed: %s", name, e)
-            msg = "%s failed: %s" % (name, e)
+        except Exception as e:      # the spool or the host failed, or a fault of ours: never raised
+            log.error("%s failed: %r", name, e)
+            msg = "%s failed: %s" % (name, e if isinstance(e, (SpoolError, OSError, ValueError)) else repr(e))
             return False, json.dumps({"ok": False, "error": msg}) if as_json else "error: " + msg
         if as_json:
             return True, json.dumps(data)
@@ -205,10 +208,14 @@ class Console:
         sp = self.server.spool
         m = sp.message(msg_id)
         sp.ack(msg_id, m.recipients)
-        sp.flush()                  # the deletion is durable before we say so
-        self.queue.remove(msg_id)
+        self.queue.remove(msg_id)   # gone from the spool's index: the queue must agree at once
         log.warning("deleted %s from <%s> to %d recipients (no bounce)",
                     format_id(msg_id), m.sender, len(m.recipients))
+        try:
+            sp.flush()              # the deletion is durable before we say so
+        except SpoolError as e:
+            raise CommandError("%s deleted, but not yet on flash (%s): it may come back after a restart"
+                               % (format_id(msg_id), e))
         return {"ok": True, "queue_id": format_id(msg_id)}, "%s: deleted" % format_id(msg_id)
 
     def cmd_stats(self, sess, args):
@@ -242,7 +249,7 @@ class Console:
         if to.startswith("<") and to.endswith(">"):
             to = to[1:-1]
         local, _, domain = to.rpartition("@")
-        if not local or "." not in domain or len(to) > 254 or [1 for c in to if c <= " " or c in "<>()[],;:\\\""]:
+        if not local or "" in domain.split(".") or "." not in domain or len(to) > 254 or [1 for c in to if c <= " " or c in "<>()[],;:\\\""]:
             raise CommandError("%r is not a mail address" % _clip(args[0]))
         host = self.server.hostname
         now = compat.unix_time()

@@ -175,13 +175,23 @@ class Terminal:
             self.close()
             if self.on_gone is not None:
                 self.on_gone(str(e))
+        except Exception as e:      # a fault of ours (MemoryError on a board): say so, keep the console
+            log.error("console %s: %r", self.name, e)
+            self.editor.reset()
+            self.session.reading_password = False
+            try:
+                self.send("\r\nerror: internal error (%s); the line was dropped\r\n" % type(e).__name__, prompt=True)
+            except Exception:
+                pass
 
     def feed(self, data):
         now = compat.ticks_ms()
-        if self.editor.buf and compat.ticks_diff(now, self.last_input) > STALE_LINE_MS:
+        if (self.editor.buf or self.session.reading_password) and \
+                compat.ticks_diff(now, self.last_input) > STALE_LINE_MS:
             # A half-typed line left by a terminal that went away (a pty tells us nothing) must
-            # not run when the next person presses Enter.
-            self.editor.buf = bytearray()
+            # not run when the next person presses Enter (nor be taken as a password).
+            self.editor.reset()
+            self.session.reading_password = False
             self.send("\r\n(a half-typed line from %d minutes ago was dropped)\r\n" % (STALE_LINE_MS // 60000),
                       prompt=True)
         self.last_input = now
@@ -286,19 +296,31 @@ class StdinConsole:
     """`serve --console`: the console on standard input and output."""
 
     def __init__(self, server, console):
-        self._restore = None
+        self._restore = self._unblock = None
         tty = _isatty(sys.stdin)
         if compat.MICROPYTHON:
             port = StreamPort(sys.stdin, sys.stdout)
             echo = sys.platform != "linux"      # a board's USB console echoes nothing itself
         else:
+            import os
             if tty:
                 self._restore = _raw_mode(sys.stdin.fileno())
+            # output nobody reads (a full pipe) must wait in the Terminal's bounded buffer, never
+            # block the MTA; the hook below retries it each loop pass
+            out_fd = sys.stdout.fileno()
+            blocking = os.get_blocking(out_fd)
+            os.set_blocking(out_fd, False)
+            self._unblock = lambda: os.set_blocking(out_fd, blocking)
             port = FdPort(sys.stdin, sys.stdout)
             echo = tty
         self.term = Terminal(server, console, port, "stdin", trusted=True, echo=echo, on_gone=self._gone)
         self.term.tty_adds_cr = self._restore is not None    # _raw_mode keeps output processing (ONLCR)
+        server.hooks.append(self._retry_output)
         self.term.greet()
+
+    def _retry_output(self, now_ms):
+        if self.term.out:
+            self.term._flush()
 
     def _gone(self, why):
         log.info("console: standard input %s; the MTA goes on without it", why)
@@ -308,6 +330,9 @@ class StdinConsole:
         if self._restore is not None:
             self._restore()
             self._restore = None
+        if self._unblock is not None:
+            self._unblock()
+            self._unblock = None
 
     def close(self):
         self.term.close()
@@ -339,11 +364,16 @@ def _reason(e):
 def attach(server, console, cfg, stdin=False):
     """Start the configured console transports; the list of things to close at shutdown."""
     parts = []
-    if cfg.console.serial:
-        parts.append(SerialConsole(server, console, cfg.console.serial, cfg.console.baud))
-    if stdin:
-        parts.append(StdinConsole(server, console))
-    if cfg.console.socket and not compat.MICROPYTHON:     # boards have no UNIX sockets
-        from tinymta.ctlsock import ControlSocket
-        parts.append(ControlSocket(server, console, cfg.console.socket))
+    try:
+        if cfg.console.socket and not compat.MICROPYTHON:     # boards have no UNIX sockets
+            from tinymta.ctlsock import ControlSocket
+            parts.append(ControlSocket(server, console, cfg.console.socket))   # the one that can refuse
+        if cfg.console.serial:
+            parts.append(SerialConsole(server, console, cfg.console.serial, cfg.console.baud))
+        if stdin:
+            parts.append(StdinConsole(server, console))
+    except Exception:
+        for part in parts:          # a failed start leaves no raw terminal or open port behind
+            part.close()
+        raise
     return parts

@@ -6,7 +6,7 @@ config file `serve` reads) and prints the answer.  Exit codes for scripts:
 
     0   done                          1   the MTA refused (no such id, message in delivery...)
     2   bad usage or config file     69   the MTA is not running (EX_UNAVAILABLE)
-    75  the MTA did not answer in time (EX_TEMPFAIL)
+    75  the MTA did not answer in time, or is busy or stopping (EX_TEMPFAIL)
     77  no permission on the control socket (EX_NOPERM: run as the MTA's user or root)
 
 `tinymta console PORT [--baud N]` talks to a device's serial console the way a person at
@@ -66,19 +66,22 @@ class Control:
             self.sock.sendall(line.encode() + b"\n")
             while b"\n" not in self.buf:
                 got = self.sock.recv(65536)
-                if not got:
-                    raise CtlError(EX_UNAVAILABLE, "the MTA closed the control connection (stopping?)")
+                if not got:     # it accepted, so it runs: busy or stopping; try again later
+                    raise CtlError(EX_TEMPFAIL, "the MTA closed the control connection (busy or stopping)")
                 self.buf += got
         except socket.timeout:
             raise CtlError(EX_TEMPFAIL, "the MTA did not answer in time")
         except OSError as e:
-            raise CtlError(EX_UNAVAILABLE, "control connection lost: %s" % (e.strerror or e))
+            raise CtlError(EX_TEMPFAIL, "control connection lost: %s" % (e.strerror or e))
         line, self.buf = self.buf.split(b"\n", 1)
         try:
             reply = json.loads(line)
-            return bool(reply["ok"]), str(reply["output"])
+            ok, output = bool(reply["ok"]), str(reply["output"])
         except (ValueError, KeyError, TypeError):
             raise CtlError(EX_UNAVAILABLE, "the control socket answered something that is not tinymta's")
+        if reply.get("busy"):
+            raise CtlError(EX_TEMPFAIL, output[7:] if output.startswith("error: ") else output)
+        return ok, output
 
     def close(self):
         self.sock.close()
@@ -87,6 +90,10 @@ class Control:
 def run(command, ids, as_json, config_path, out=None, err=None):
     """The control-socket CLI: one request per id (or one without ids); the exit code."""
     out, err = out or sys.stdout, err or sys.stderr
+    for target in ids or ():
+        if not target or [1 for ch in target if ch <= " " or ch == "\x7f"]:   # one id is one word
+            err.write("tinymta: %r is not a queue id (see tinymta mailq)\n" % target)
+            return EX_USAGE
     try:
         ctl = Control(socket_path(config_path))
     except CtlError as e:

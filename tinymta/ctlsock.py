@@ -15,9 +15,11 @@ connection is closed; bytes that are not UTF-8 become an unknown command.  At mo
 connections at once, idle ones are closed after IDLE_MS.
 This module must not know the commands (console.py) or SMTP.
 """
+import errno
 import json
 import os
 import socket
+import stat
 
 from tinymta import compat, netio
 from tinymta.console import Session
@@ -27,19 +29,32 @@ log = compat.get_logger("console")
 LINE_MAX = 4096
 MAX_CLIENTS = 8
 IDLE_MS = 60000
+OUT_MAX = 1 << 20       # answers a client has not read; past this it is dropped (it never reads)
+BUSY = b'{"ok": false, "busy": true, "output": "error: busy: too many control clients; try again"}\n'
 
 
-def _in_use(path):
-    """True when a live process accepts connections on the UNIX socket at path."""
+def _stale(path):
+    """True when path is a socket nobody accepts on (left by a killed MTA): safe to replace.
+    Anything else at the path is a ValueError: a file there (a typo, the spool itself) is never
+    removed, and a socket that answers or cannot be probed belongs to someone."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False                    # nothing there
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ValueError("control socket %s: the path exists and is not a socket (console.socket"
+                         " must name a path of its own)" % path)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1)
     try:
         probe.connect(path)
-        return True
-    except OSError:
-        return False
+    except OSError as e:
+        if compat.oserror_errno(e) == errno.ECONNREFUSED:
+            return True
+        raise ValueError("control socket %s: in use or not ours (%s)" % (path, compat.os_error_text(e)))
     finally:
         probe.close()
+    raise ValueError("control socket %s: another tinymta is running there" % path)
 
 
 class _Client:
@@ -55,9 +70,7 @@ class ControlSocket:
     def __init__(self, server, console, path):
         self.server, self.console, self.path = server, console, path
         self.clients = {}
-        if os.path.exists(path):
-            if _in_use(path):
-                raise ValueError("control socket %s: another tinymta is running there" % path)
+        if _stale(path):
             os.unlink(path)         # left by an MTA that was killed
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
@@ -80,12 +93,16 @@ class ControlSocket:
         while True:
             try:
                 conn, _ = self.sock.accept()
-            except OSError as e:
-                if compat.would_block(e):
-                    return
-                raise
+            except OSError as e:        # EMFILE & co: this client waits; the socket stays open
+                if not compat.would_block(e):
+                    log.warning("control socket: accept failed: %s", compat.os_error_text(e))
+                return
             if len(self.clients) >= MAX_CLIENTS:
                 log.warning("control socket: %d clients already; one refused", MAX_CLIENTS)
+                try:
+                    conn.send(BUSY)
+                except OSError:
+                    pass
                 conn.close()
                 continue
             conn.setblocking(False)
@@ -107,8 +124,11 @@ class ControlSocket:
                 c.last = compat.ticks_ms()
                 c.inbuf.extend(data)
                 self._serve(c)
-        except OSError as e:            # the peer died mid-exchange
-            log.info("control socket: client gone: %s", compat.os_error_text(e))
+        except Exception as e:          # the peer died mid-exchange, or a fault of ours: this client only
+            if isinstance(e, OSError):
+                log.info("control socket: client gone: %s", compat.os_error_text(e))
+            else:
+                log.error("control socket: %r; client dropped", e)
             self._drop(c)
 
     def _serve(self, c):
@@ -133,6 +153,9 @@ class ControlSocket:
     def _reply(self, c, ok, text):
         c.out.extend((json.dumps({"ok": ok, "output": text}) + "\n").encode())
         self._flush(c)
+        if c.sock is not None and len(c.out) > OUT_MAX:     # asks and never reads: not our memory
+            log.warning("control socket: a client left %d bytes of answers unread; dropped", len(c.out))
+            self._drop(c)
 
     def _flush(self, c):
         if c.sock is None:

@@ -45,6 +45,13 @@ class LineEditor:
         self._last_end = 0      # CR or LF that ended the previous line: its pair partner is swallowed
         self._esc = 0           # 0: normal, 1: after ESC, 2: inside ESC [ ... (CSI)
 
+    def reset(self):
+        """Forget the line being typed and any half-read key sequence (a new person)."""
+        self.buf = bytearray()
+        self._overflow = False
+        self._esc = self._last_end = 0
+        self.secret = False
+
     def take_output(self):
         """The bytes to show the person since the last call."""
         out = bytes(self.out)

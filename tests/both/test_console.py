@@ -274,3 +274,31 @@ def test_stats_after_traffic():
         assert "delivered: 2" in ask(con, "stats")[1]
     finally:
         close(srv)
+
+
+def test_a_fault_inside_a_command_is_an_answer_not_a_crash():
+    srv, con = make()
+    try:
+        def broken(sess, args):
+            raise MemoryError("memory allocation failed, allocating 4096 bytes")
+        con.cmd_mailq = broken
+        ok, text = ask(con, "mailq")
+        assert not ok and text.startswith("error: mailq failed: MemoryError")
+        ok, d = ask_json(con, "mailq")
+        assert not ok and "MemoryError" in d["error"]
+        assert ask(con, "status")[0]                     # the console goes on
+    finally:
+        close(srv)
+
+
+def test_enter_alone_calls_off_an_unlock_and_send_checks_the_domain():
+    srv, con = make(password="s3cret")
+    try:
+        serial = Session(trusted=False)
+        ask(con, "unlock", serial)
+        assert ask(con, "", serial) == (True, "unlock called off") and not serial.reading_password
+        assert "wrong password" not in "\n".join(s for _, s in con.log_ring.lines)
+        for bad in ("send a@.com", "send a@b..c", "send a@com."):
+            assert ask(con, bad)[0] is False, bad
+    finally:
+        close(srv)

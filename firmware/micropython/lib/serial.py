@@ -54,8 +54,8 @@ class Serial(io.IOBase):
                 self._in = self._out = self._file
         except (OSError, ValueError, ImportError, AttributeError) as e:   # (no machine.UART: unix port)
             raise SerialException("could not open port %s: %s" % (port, e))
-        if not hasattr(self, "pollable"):
-            self.pollable = self._in
+        if port not in ("usb", "stdio"):
+            self.pollable = self._in    # (every open: a reopened Serial polls its new device)
         self._poll = select.poll()
         self._poll.register(self.pollable, select.POLLIN)
         self.is_open = True
@@ -101,7 +101,9 @@ class Serial(io.IOBase):
             n = self._out.write(data)
         except OSError as e:
             raise SerialException("write failed: %s" % e)
-        return len(data) if n is None else n
+        if n is None:   # machine.UART: None when its timeout passed with nothing written
+            return 0 if hasattr(self._out, "any") else len(data)
+        return n
 
     def flush(self):
         f = getattr(self._out, "flush", None)
