@@ -292,14 +292,19 @@ def test_flash_emulated_board_then_the_deployed_tree_relays(tmp_path):
     image, stage = str(tmp_path / "flash.img"), str(tmp_path / "stage")
     board = Board(tmp_path, image)
     try:
-        # an older deploy's leftovers: a .py twin would win over the new .mpy, a module gone since
-        board.mpremote("exec", "import os; os.mkdir('lib'); os.mkdir('lib/tinymta'); "
-                       "[open(p, 'w').write('raise ImportError') for p in "
-                       "('lib/tinymta/mta.py', 'lib/tinymta/gone.mpy', 'lib/dns.py')]")
+        # an older deploy's leftovers: a .py twin would win over the new .mpy, a module gone since,
+        # and another library in lib/, which stays; all in lib.old, with a partial lib.new and a
+        # main.py.new, as a flash cut between the swap's renames of lib leaves them
+        board.mpremote("exec", "import os\nfor d in ('lib.old', 'lib.old/tinymta', 'lib.new'):\n    os.mkdir(d)\n"
+                       "for p in ('lib.old/tinymta/mta.py', 'lib.old/tinymta/gone.mpy', 'lib.old/dns.py', "
+                       "'lib.old/other.py', 'lib.new/dns.py', 'main.py.new'):\n"
+                       "    f = open(p, 'w')\n    f.write('raise ImportError')\n    f.close()")
         p = _cli("flash", "--board", "pico-w", "--port", board.tty, "-c", str(user), "--emulator",
                  "--stage", stage, timeout=90)
         assert p.returncode == 0, p.stdout + p.stderr
         assert "verified" in p.stdout and "reset skipped" in p.stdout, p.stdout
+        assert "swapped into place" in p.stdout and "imports tinymta from /flash/lib/tinymta" in p.stdout, p.stdout
+        assert p.stderr == "", p.stderr                 # no warning: the copied lib/ is what imports
         where = board.mpremote("exec", "import tinymta.board_rt as b; print(b.__file__)")
         assert where.strip() == "/flash/lib/tinymta/board_rt.mpy", where      # the .mpy, from the board's lib
         mods = ",".join("tinymta." + n[:-3] for n in flash.board_modules() if n != "__init__.py")
@@ -315,7 +320,8 @@ def test_flash_emulated_board_then_the_deployed_tree_relays(tmp_path):
             with open(os.path.join(d, n), "rb") as f:
                 staged[os.path.relpath(os.path.join(d, n), stage).replace(os.sep, "/")] = f.read()
     deployed = _read_image(image)
-    assert sorted(deployed) == sorted(staged)          # the leftovers are gone too
+    assert deployed.pop("lib/other.py") == b"raise ImportError"    # another library in lib/ is kept
+    assert sorted(deployed) == sorted(staged)          # the leftovers are gone too (and lib.new, lib.old)
     for path in staged:
         assert deployed[path] == staged[path], path
     assert sorted(p[12:-4] + ".py" for p in staged if p.startswith("lib/tinymta/")) == flash.board_modules()
@@ -364,6 +370,130 @@ def test_flash_emulated_board_then_the_deployed_tree_relays(tmp_path):
     assert mta.returncode == 0, err
     assert "no such file" not in err and "Traceback" not in err, err
     assert os.path.getsize(str(tree / "tinymta.spool")) == 128 * 1024      # created at its full size
+
+
+def _staged_files(stage):
+    staged = {}
+    for d, _, names in os.walk(stage):
+        for n in names:
+            with open(os.path.join(d, n), "rb") as f:
+                staged[os.path.relpath(os.path.join(d, n), stage).replace(os.sep, "/")] = f.read()
+    return staged
+
+
+@pytest.mark.skipif(bool(_missing_tools()), reason="not installed: %s" % " ".join(_missing_tools()))
+def test_a_flash_that_runs_out_of_space_leaves_the_previous_tree(tmp_path):
+    """The second flash hits ENOSPC in its copy: the board keeps the tree it had, whole, and says so."""
+    user = tmp_path / "tinymta.toml"
+    user.write_text(USER_TOML)
+    image, first = str(tmp_path / "flash.img"), str(tmp_path / "first")
+    board = Board(tmp_path, image)
+    try:
+        p = _cli("flash", "--board", "pico-w", "--port", board.tty, "-c", str(user), "--emulator",
+                 "--stage", first, timeout=90)
+        assert p.returncode == 0, p.stdout + p.stderr
+        # fill the filesystem but for a few blocks: far less than a second tree needs
+        board.mpremote("exec", "import os\nb = bytes(4096)\nf = open('ballast', 'wb')\n"
+                       "for i in range(os.statvfs('/flash')[3] - 6):\n    f.write(b)\nf.close()")
+        user.write_text(USER_TOML.replace("max_recipients = 20", "max_recipients = 30"))
+        msg = _one_line_error(_cli("flash", "--board", "pico-w", "--port", board.tty, "-c", str(user),
+                                   "--emulator", "--stage", str(tmp_path / "second"), timeout=90))
+        assert "the board still runs its previous tinymta" in msg and "nothing was swapped" in msg, msg
+        assert "lib.new is left" not in msg, msg         # the partial copy was removed
+        assert "No space left on device" in msg, msg    # mpremote's words for the cause
+        where = board.mpremote("exec", "import tinymta.board_rt as b; print(b.__file__)")
+        assert where.strip() == "/flash/lib/tinymta/board_rt.mpy", where
+        board.mpremote("exec", "import vfs; vfs.umount('/flash')")
+    finally:
+        board.stop()
+    deployed = _read_image(image)
+    assert len(deployed.pop("ballast")) % 4096 == 0
+    staged = _staged_files(first)
+    assert sorted(deployed) == sorted(staged)            # no lib.new, no *.new, no lib.old
+    for path in staged:
+        assert deployed[path] == staged[path], path
+    assert json.loads(deployed["config.json"])["server"]["max_recipients"] == 20
+
+
+def _fake_board(monkeypatch, stage, swap_out="", swap_fails=False, bad_hash=None):
+    """flash._run replaced: answers as a board would, and records each mpremote command line."""
+    import hashlib
+    calls = []
+
+    def run(cmd, cwd=None, timeout=flash.TIMEOUT):
+        calls.append(cmd[cmd.index("resume") + 1:])
+        assert cmd[cmd.index("connect") + 2] == "resume"          # never a soft reset
+        script = cmd[-1]
+        if cmd[-2] == "exec" and script.startswith("import hashlib"):
+            out = ""
+            for f in files:
+                with open(os.path.join(stage, f), "rb") as fh:
+                    h = hashlib.sha256(fh.read()).hexdigest()
+                out += "H %s %s\n" % ("0" * 64 if f == bad_hash else h, flash._staged_name(f))
+            return out
+        if "exec" in cmd and "S done" in cmd[cmd.index("exec") + 1]:
+            if swap_fails:
+                e = flash.FlashError("mpremote /dev/ttyX: OSError: [Errno 5] EIO")
+                e.out = swap_out
+                raise e
+            return swap_out
+        return ""
+    monkeypatch.setattr(flash, "_run", run)
+    os.makedirs(os.path.join(stage, "lib", "tinymta"))
+    files = ["boot.py", "config.json", "lib/tinymta/__init__.mpy", "main.py"]
+    for f in files:
+        with open(os.path.join(stage, f), "w") as fh:
+            fh.write(f)
+    return files, calls
+
+
+def test_deploy_runs_every_mpremote_call_with_resume_and_swaps_after_the_hashes(tmp_path, monkeypatch):
+    stage = str(tmp_path)
+    files, calls = _fake_board(monkeypatch, stage, "S moved\nS lib\nS file boot.py\nS file main.py\n"
+                               "S file config.json\nS kept\nS done\nF 1 /lib/tinymta/__init__.mpy\n")
+    said, warned = [], []
+    assert flash.deploy(stage, files, "/dev/ttyX", False, True, said.append, warned.append) == "reset"
+    assert [c[0] for c in calls] == ["exec", "exec", "exec", "reset"] and not warned, (calls, warned)
+    assert calls[0][2:] == ["+", "fs", "cp", "-r", "lib", ":lib.new", "+", "fs", "cp", "boot.py", ":boot.py.new",
+                            "+", "fs", "cp", "main.py", ":main.py.new", "+", "fs", "cp", "config.json",
+                            ":config.json.new"]
+    assert "'lib/tinymta/__init__.mpy'" not in calls[1][1] and "'lib.new/tinymta/__init__.mpy'" in calls[1][1]
+    assert calls[2][2:4] == ["+", "exec"] and "import tinymta" in calls[2][4]
+    assert any("imports tinymta from /lib/tinymta" in s for s in said), said
+
+
+def test_deploy_warns_when_the_firmware_runs_its_frozen_tinymta(tmp_path, monkeypatch):
+    files, _ = _fake_board(monkeypatch, str(tmp_path), "S moved\nS lib\nS file boot.py\nS file main.py\n"
+                           "S file config.json\nS kept\nS done\nF 0 .frozen/tinymta/__init__.py\n")
+    warned = []
+    flash.deploy(str(tmp_path), files, "/dev/ttyX", reset=False, warn=warned.append)
+    assert len(warned) == 1 and "runs its frozen tinymta" in warned[0] and "not used" in warned[0], warned
+
+
+def test_deploy_a_wrong_hash_swaps_nothing_and_says_so(tmp_path, monkeypatch):
+    files, calls = _fake_board(monkeypatch, str(tmp_path), bad_hash="lib/tinymta/__init__.mpy")
+    with pytest.raises(flash.FlashError) as e:
+        flash.deploy(str(tmp_path), files, "/dev/ttyX")
+    assert "lib/tinymta/__init__.mpy" in str(e.value) and "differs" in str(e.value)
+    assert "the board still runs its previous tinymta" in str(e.value)
+    assert [c[0] for c in calls] == ["exec", "exec", "exec"] and "S done" not in calls[2][1]   # the clean-up
+    assert "lib.new" in calls[2][1]
+
+
+@pytest.mark.parametrize("marks,words", [
+    ("", "nothing was swapped (the board still runs its previous tinymta)"),
+    ("S moved\n", "the board has NO lib/ now"),
+    ("S moved\nS lib\nS file boot.py\n", "main.py, config.json are still the previous ones"),
+    ("S moved\nS lib\nS file boot.py\nS file main.py\nS file config.json\n", "still in lib.old"),
+])
+def test_a_swap_cut_short_says_what_state_the_board_is_in(tmp_path, monkeypatch, marks, words):
+    files, _ = _fake_board(monkeypatch, str(tmp_path), marks, swap_fails=True)
+    with pytest.raises(flash.FlashError) as e:
+        flash.deploy(str(tmp_path), files, "/dev/ttyX")
+    msg = str(e.value)
+    assert words in msg and "EIO" in msg and "\n" not in msg, msg
+    if marks:
+        assert "re-run tinymta flash" in msg or "move them back" in msg, msg
 
 
 @pytest.mark.skipif(bool(_missing_tools()), reason="not installed: %s" % " ".join(_missing_tools()))

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from mtaproc import MTA, free_port, strip_added
+from mtaproc import MTA, ROOT, free_port, strip_added
 from serverkit import Wire, assert_spool_clean, complete_message, make_cert, run
 
 SPOOL = {"size": "1M", "sector_size": 4096, "prog_unit": 256}
@@ -368,3 +368,40 @@ def test_spool_full_in_the_middle_of_data(tmp_path):
     assert "to=<b@example.org> refused: 452 4.3.1 Insufficient system storage" in log, log
     assert [m[1] for m in msgs] == [["b@example.org"], ["c@example.org"]]
     assert msgs[0][2].endswith(body[body.index(b"\r\n\r\n") + 4:])
+
+
+def test_out_of_file_descriptors_pauses_accepting_never_stops(tmp_path):
+    """With few file descriptors, a burst of clients makes accept() fail (EMFILE): the MTA
+    rests its listeners for a second and goes on; nothing is lost, nothing crashes."""
+    import resource
+    cfg = base_config(tmp_path, max_connections=50)
+    write(tmp_path, "c.json", json.dumps(cfg))
+    port = cfg["server"]["listen"][0].rsplit(":", 1)[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tinymta", "serve", "-c", "c.json"], cwd=str(tmp_path),
+                            env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24)))
+    try:
+        assert proc.stdout.readline().strip() == b"READY"
+        clients = []
+        for _ in range(30):                             # more than the descriptors left
+            c = socket.create_connection(("127.0.0.1", int(port)), timeout=10)
+            clients.append(c)
+        time.sleep(1.5)
+        for c in clients:
+            c.close()
+        deadline = time.time() + 20                     # it takes clients again, and mail
+        while True:
+            try:
+                with smtplib.SMTP("127.0.0.1", int(port), timeout=10) as s:
+                    assert s.sendmail("a@lan.example", ["b@example.org"], b"Subject: x\r\n\r\ny\r\n") == {}
+                break
+            except (OSError, smtplib.SMTPException):
+                assert time.time() < deadline
+                time.sleep(0.5)
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"accept failed: too many open files" in err or b"accept failed" in err, err.decode()[-2000:]
+    assert b"Traceback" not in err

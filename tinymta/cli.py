@@ -80,9 +80,9 @@ def _build_parser():
     fl.add_argument("--port", required=True, metavar="DEV", help="the board's serial device (/dev/ttyACM0)")
     fl.add_argument("-c", "--config", metavar="FILE", help="your config (TOML), laid over the profile's")
     fl.add_argument("--resume", action="store_true",
-                    help="no soft reset before copying (mpremote resume): keeps a running board's session")
+                    help="accepted for old scripts; no effect: flash always connects without a soft reset")
     fl.add_argument("--emulator", action="store_true",
-                    help="the board is the unix port on a pty (tests/boardsim.py): --resume, and no reset")
+                    help="the board is the unix port on a pty (tests/boardsim.py): no reset at the end")
     fl.add_argument("--no-reset", action="store_true", help="do not reset the board after copying")
     fl.add_argument("--stage", metavar="DIR", help="compile into DIR (new or empty) and keep it")
     return p

@@ -198,7 +198,7 @@ class Server(Intake):
                 c.closing = True
                 self._drop_message(c)
                 self._flush(c)
-        for hook in self.hooks:
+        for hook in list(self.hooks):   # (a hook may remove itself)
             try:
                 hook(now)
             except Exception as e:      # a part's failure (relay, console, LED) never stops the loop
@@ -209,7 +209,11 @@ class Server(Intake):
 
     def _accept(self, listener):
         while True:
-            got = netio.accept(listener)
+            try:
+                got = netio.accept(listener)
+            except OSError as e:        # out of file descriptors or memory: stop taking, not serving
+                self._pause_accepting(e)
+                return
             if got is None:
                 return
             sock, peer = got
@@ -226,6 +230,21 @@ class Server(Intake):
             log.info("connect from %s", c.name())
             c.out.extend(c.session.greeting())
             self._flush(c)
+
+    def _pause_accepting(self, e):
+        """accept() failed (EMFILE, ENFILE, ENOMEM): the pending clients wait in the kernel's
+        backlog while the listeners rest for a second, instead of a busy loop or a crash."""
+        log.warning("accept failed: %s; not accepting for 1 s", compat.os_error_text(e))
+        for s in self.listeners:
+            self.poller.unregister(s)
+        resume_at = compat.ticks_add(compat.ticks_ms(), 1000)
+
+        def resume(now_ms):
+            if compat.ticks_diff(now_ms, resume_at) >= 0:
+                self.hooks.remove(resume)
+                for s in self.listeners:
+                    self.poller.register(s, netio.POLLIN)
+        self.hooks.append(resume)
 
     def _read(self, c):
         if not c.session.wants_data() or c.tls_pending:

@@ -5,8 +5,10 @@
 #   make -C ports/rp2 BOARD=RPI_PICO_W FROZEN_MANIFEST=/path/to/tinymta/firmware/micropython/manifest.py
 #   make -C ports/esp32 BOARD=ESP32_GENERIC FROZEN_MANIFEST=/path/to/tinymta/firmware/micropython/manifest.py
 #
-# boot.py, main.py and config.json stay on the board's filesystem (`tinymta flash`; with frozen
-# modules the lib/ copies it makes are not needed, and a lib/ copy would win over the frozen one).
+# boot.py, main.py and config.json stay on the board's filesystem (`tinymta flash` copies them).
+# Frozen modules win: such firmware has sys.path ['', '.frozen', '/lib'], so a tinymta or shim
+# under /lib is never imported, and updating tinymta means building new firmware.  `tinymta flash`
+# still copies lib/ and then warns that the board runs its frozen tinymta.
 # Paths are relative to this file (makemanifest runs it with this directory as the current one;
 # it defines no __file__).  HOST_ONLY must match tinymta/flash.py (tests/test_flash.py
 # checks): the CPython command line and host tools that a board never imports.
