@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from tinymta import flash
+from tinymta import deploy, flash
 from tinymta.config import load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -416,11 +416,11 @@ def test_a_flash_that_runs_out_of_space_leaves_the_previous_tree(tmp_path):
 
 
 def _fake_board(monkeypatch, stage, swap_out="", swap_fails=False, bad_hash=None):
-    """flash._run replaced: answers as a board would, and records each mpremote command line."""
+    """deploy._run replaced: answers as a board would, and records each mpremote command line."""
     import hashlib
     calls = []
 
-    def run(cmd, cwd=None, timeout=flash.TIMEOUT):
+    def run(cmd, cwd=None, timeout=deploy.TIMEOUT):
         calls.append(cmd[cmd.index("resume") + 1:])
         assert cmd[cmd.index("connect") + 2] == "resume"          # never a soft reset
         script = cmd[-1]
@@ -429,7 +429,7 @@ def _fake_board(monkeypatch, stage, swap_out="", swap_fails=False, bad_hash=None
             for f in files:
                 with open(os.path.join(stage, f), "rb") as fh:
                     h = hashlib.sha256(fh.read()).hexdigest()
-                out += "H %s %s\n" % ("0" * 64 if f == bad_hash else h, flash._staged_name(f))
+                out += "H %s %s\n" % ("0" * 64 if f == bad_hash else h, deploy._staged_name(f))
             return out
         if "exec" in cmd and "S done" in cmd[cmd.index("exec") + 1]:
             if swap_fails:
@@ -438,7 +438,7 @@ def _fake_board(monkeypatch, stage, swap_out="", swap_fails=False, bad_hash=None
                 raise e
             return swap_out
         return ""
-    monkeypatch.setattr(flash, "_run", run)
+    monkeypatch.setattr(deploy, "_run", run)
     os.makedirs(os.path.join(stage, "lib", "tinymta"))
     files = ["boot.py", "config.json", "lib/tinymta/__init__.mpy", "main.py"]
     for f in files:
@@ -452,7 +452,7 @@ def test_deploy_runs_every_mpremote_call_with_resume_and_swaps_after_the_hashes(
     files, calls = _fake_board(monkeypatch, stage, "S moved\nS lib\nS file boot.py\nS file main.py\n"
                                "S file config.json\nS kept\nS done\nF 1 /lib/tinymta/__init__.mpy\n")
     said, warned = [], []
-    assert flash.deploy(stage, files, "/dev/ttyX", False, True, said.append, warned.append) == "reset"
+    assert deploy.deploy(stage, files, "/dev/ttyX", False, True, said.append, warned.append) == "reset"
     assert [c[0] for c in calls] == ["exec", "exec", "exec", "reset"] and not warned, (calls, warned)
     assert calls[0][2:] == ["+", "fs", "cp", "-r", "lib", ":lib.new", "+", "fs", "cp", "boot.py", ":boot.py.new",
                             "+", "fs", "cp", "main.py", ":main.py.new", "+", "fs", "cp", "config.json",
@@ -466,14 +466,14 @@ def test_deploy_warns_when_the_firmware_runs_its_frozen_tinymta(tmp_path, monkey
     files, _ = _fake_board(monkeypatch, str(tmp_path), "S moved\nS lib\nS file boot.py\nS file main.py\n"
                            "S file config.json\nS kept\nS done\nF 0 .frozen/tinymta/__init__.py\n")
     warned = []
-    flash.deploy(str(tmp_path), files, "/dev/ttyX", reset=False, warn=warned.append)
+    deploy.deploy(str(tmp_path), files, "/dev/ttyX", reset=False, warn=warned.append)
     assert len(warned) == 1 and "runs its frozen tinymta" in warned[0] and "not used" in warned[0], warned
 
 
 def test_deploy_a_wrong_hash_swaps_nothing_and_says_so(tmp_path, monkeypatch):
     files, calls = _fake_board(monkeypatch, str(tmp_path), bad_hash="lib/tinymta/__init__.mpy")
     with pytest.raises(flash.FlashError) as e:
-        flash.deploy(str(tmp_path), files, "/dev/ttyX")
+        deploy.deploy(str(tmp_path), files, "/dev/ttyX")
     assert "lib/tinymta/__init__.mpy" in str(e.value) and "differs" in str(e.value)
     assert "the board still runs its previous tinymta" in str(e.value)
     assert [c[0] for c in calls] == ["exec", "exec", "exec"] and "S done" not in calls[2][1]   # the clean-up
@@ -489,7 +489,7 @@ def test_deploy_a_wrong_hash_swaps_nothing_and_says_so(tmp_path, monkeypatch):
 def test_a_swap_cut_short_says_what_state_the_board_is_in(tmp_path, monkeypatch, marks, words):
     files, _ = _fake_board(monkeypatch, str(tmp_path), marks, swap_fails=True)
     with pytest.raises(flash.FlashError) as e:
-        flash.deploy(str(tmp_path), files, "/dev/ttyX")
+        deploy.deploy(str(tmp_path), files, "/dev/ttyX")
     msg = str(e.value)
     assert words in msg and "EIO" in msg and "\n" not in msg, msg
     if marks:
