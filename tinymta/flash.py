@@ -3,7 +3,7 @@ TOML to JSON, tinymta and the firmware shims compiled to .mpy, the tree copied w
 
     build_config(board, toml_path) -> dict    the board profile laid under the user's TOML, validated
     stage(board, toml_path, out_dir) -> [path] the tree below, written into out_dir
-    deploy(stage_dir, files, port)              mpremote: copy beside the running tree, verify, swap, reset
+    deploy(stage_dir, files, port)              (tinymta/deploy.py) mpremote: copy beside, verify, swap, reset
 
 The tree on the board (its filesystem root; the current directory on the emulator):
     boot.py  main.py  config.json           from firmware/micropython and the compiled config
