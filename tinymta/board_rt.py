@@ -348,12 +348,26 @@ def main(path=None, machine=None, network=None):
     except AttributeError:
         pass
     try:
-        srv.run(TICK_MS if led else 1000)
-    except KeyboardInterrupt:
-        log.info("interrupted: stopping")
-        srv.shutdown(True)
-        keep_fed(machine, wdt, b.watchdog_ms)
+        return run(srv, machine, wdt, b.watchdog_ms, TICK_MS if led else 1000)
     finally:
         if led is not None:
             led.off()
+
+
+def run(srv, machine, wdt, watchdog_ms, wait_ms):
+    """The loop until Ctrl-C (0: the REPL is the person's, the watchdog fed by a timer).  Anything
+    else that escapes the loop resets the board: a board has nobody to read a traceback, and
+    everything acknowledged is in the spool, which survives the reset like a power cut."""
+    try:
+        srv.run(wait_ms)
+    except KeyboardInterrupt:
+        log.info("interrupted: stopping")
+        srv.shutdown(True)
+        keep_fed(machine, wdt, watchdog_ms)
+        return 0
+    except Exception as e:
+        log.error("the loop failed: %r; resetting the board", e)
+        if machine is not None and hasattr(machine, "reset"):
+            machine.reset()
+        raise                       # the unix port (no machine.reset): the caller sees it
     return 0

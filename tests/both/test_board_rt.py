@@ -370,6 +370,36 @@ def test_watchdog_fed_each_pass_and_before_every_blocking_wait():
         compat.set_blocking_guard(None, 0)
 
 
+def test_the_loop_failing_resets_the_board_and_ctrl_c_does_not():
+    class Srv:
+        def __init__(self, exc):
+            self.exc, self.shut = exc, False
+
+        def run(self, wait_ms):
+            raise self.exc
+
+        def shutdown(self, interrupted=False):
+            self.shut = interrupted
+
+    class Machine(FakeMachine):
+        def __init__(self):
+            FakeMachine.__init__(self)
+            self.resets = 0
+
+        def reset(self):
+            self.resets += 1
+    m = Machine()
+    srv = Srv(OSError(12, "ENOMEM"))
+    try:
+        board_rt.run(srv, m, None, 0, 50)
+        raise AssertionError("not raised")
+    except OSError:
+        pass
+    assert m.resets == 1
+    srv = Srv(KeyboardInterrupt())
+    assert board_rt.run(srv, m, None, 0, 50) == 0 and srv.shut is True and m.resets == 1
+
+
 def test_led_pin_names():
     m = FakeMachine()
     board_rt.make_led_pin(m, "25")
