@@ -5,59 +5,20 @@ never timings or whether the aims were met: those belong to BENCHMARKS.md, measu
 stated machine.  Needs Linux, root, the postfix package (smtp-source, smtp-sink) and aiosmtpd;
 skips with the reason otherwise.
 """
-import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "tools", "bench", "smtp_bench.py")
+from benchkit import run_quick, why_not
+
+REASON = why_not(aiosmtpd=True)
 
 
-def _why_not():
-    if not sys.platform.startswith("linux"):
-        return "Linux only (/proc, Postfix)"
-    missing = [b for b in ("smtp-source", "smtp-sink", "postfix", "postconf") if shutil.which(b) is None]
-    if missing:
-        return "missing %s (apt-get install postfix)" % ", ".join(missing)
-    if os.geteuid() != 0:
-        return "needs root (Postfix's master, smtp-sink -u nobody)"
-    have_aio = any(os.path.exists(p) and
-                   subprocess.run([p, "-c", "import aiosmtpd"], capture_output=True).returncode == 0
-                   for p in (sys.executable, "/tmp/venv-bench/bin/python"))
-    if not have_aio:
-        return "aiosmtpd is not installed (pip install aiosmtpd)"
-    return None
-
-
-@pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
+@pytest.mark.skipif(REASON is not None, reason=REASON or "")
 def test_smtp_bench_quick_runs_and_reports_json():
-    # not pytest's tmp_path: its parents are mode 0700, and Postfix's daemons (user postfix) must
-    # reach their queue.  The system temp dir is world-searchable.
-    work = tempfile.mkdtemp(prefix="smtp-bench-smoke-")
-    os.chmod(work, 0o755)
-    try:
-        proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--dir", work], cwd=ROOT,
-                              capture_output=True, text=True, timeout=170)
-        left = os.listdir(work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    lines = proc.stdout.splitlines()
-    assert lines[0].startswith("reproduce (from the repository root): python3 tools/bench/smtp_bench.py --quick")
-    json_lines = [line for line in lines if line.startswith("{")]
-    assert len(json_lines) == 1 and lines[-1] == json_lines[0], proc.stdout[-4000:]
-    r = json.loads(json_lines[0])
+    r, left = run_quick("smtp_bench.py", "smtp")
 
     for key in ("bench", "command", "quick", "machine", "params", "runs", "summary", "ratios", "tinymta_rss",
                 "other_memory", "aims", "verified", "error", "leftover_processes", "seconds"):
         assert key in r, key
-    assert r["bench"] == "smtp" and r["quick"] is True
-    assert r["verified"] is True and r["error"] is None and r["leftover_processes"] == []
     for key in ("date", "nproc", "arch", "python", "kernel", "fs_type", "postfix", "aiosmtpd"):
         assert r["machine"][key], key
     n, trials = r["params"]["messages"], r["params"]["trials"]
