@@ -45,7 +45,7 @@ FIRMWARE = os.path.join(ROOT, "firmware", "micropython")
 # tests' flash simulator.
 # (Keep firmware/micropython/manifest.py's HOST_ONLY the same; tests/test_flash.py checks.)
 HOST_ONLY = ("__main__.py", "boards.py", "cli.py", "ctl.py", "ctlsock.py", "deploy.py", "flash.py", "flashsim.py",
-             "install.py", "sendmail.py", "spooltool.py")
+             "install.py", "installfs.py", "sendmail.py", "spooltool.py")
 
 
 def board_modules(pkg=PKG):

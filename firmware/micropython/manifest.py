@@ -19,7 +19,7 @@ include("$(PORT_DIR)/boards/manifest.py")
 metadata(description="tinymta: an embedded SMTP mail transfer agent", version="0.1.0")
 
 HOST_ONLY = ("__main__.py", "boards.py", "cli.py", "ctl.py", "ctlsock.py", "deploy.py", "flash.py", "flashsim.py",
-             "install.py", "sendmail.py", "spooltool.py")
+             "install.py", "installfs.py", "sendmail.py", "spooltool.py")
 _HERE = os.getcwd()
 _PKG = os.path.join(_HERE, "..", "..", "tinymta")
 
