@@ -40,12 +40,15 @@ mode adds a blocking dnspython query per delivery, which would measure DNS, not 
    as its smarthost.
 
 Everything started is stopped by PID.  The last line of output is one JSON object.
+
+This script holds the relay measurements (py-sink, the counted sinks, the relay wrappers, the
+end-to-end and latency parts and their report); it takes Postfix, smtp-sink and tinymta from
+smtp_bench.py and the machine, process, teardown and median helpers from benchlib.py, and must
+not know how those servers are configured beyond the relay settings it passes them.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -59,16 +62,16 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
-import smtp_bench as sb          # noqa: E402  (the servers, process and machine helpers)
+import benchlib as bl           # noqa: E402  (process, machine and result helpers)
+import smtp_bench as sb          # noqa: E402  (the servers)
 
-ROOT = sb.ROOT
 SCRIPT = os.path.abspath(__file__)
 ADDR = {"tinymta": ("127.0.0.81", 2525), "sink-tinymta": ("127.0.0.82", 2525),
         "postfix": ("127.0.0.83", 2525), "sink-postfix": ("127.0.0.84", 2525), "py-sink": ("127.0.0.85", 2525)}
 SENDER, RCPT, HELO = sb.SENDER, sb.RCPT, sb.HELO
 LAT_SENDER, LAT_RCPT = "lat@client.test", "lat@latency.test"
 DEADLINE_S = 170
-BenchError = sb.BenchError
+BenchError = bl.BenchError
 
 
 # --- py-sink: a minimal ESMTP sink that timestamps every final dot --------------------------------
@@ -160,7 +163,7 @@ class PySink:
         self.proc = subprocess.Popen([sys.executable, "-u", SCRIPT, "py-sink", "--listen", "%s:%d" % self.addr],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err,
                                      start_new_session=True)
-        if sb.read_line(self.proc, b"py-sink listening", 20) is None:
+        if bl.read_line(self.proc, b"py-sink listening", 20) is None:
             self.stop()
             raise BenchError("py-sink did not start; see %s" % self.err.name)
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -187,7 +190,7 @@ class PySink:
 
     def stop(self):
         if self.proc is not None:
-            sb.stop_pid(self.proc.pid, self.proc)
+            bl.stop_pid(self.proc.pid, self.proc)
             self.proc.stdout.close()
             self.proc = None
             self.err.close()
@@ -254,7 +257,7 @@ class TinyRelay(sb.TinyMTA):
             return ""
 
     def cpu_s(self):
-        return sb.proc_cpu_s(self.pid) if self.pid else None
+        return bl.proc_cpu_s(self.pid) if self.pid else None
 
     def drained(self, n, log_offset):
         """(sent, deferred) log lines of this run: tinymta logs status=sent per delivered recipient."""
@@ -296,7 +299,7 @@ class PostfixRelay(sb.Postfix):
         if not self.pid:
             return None
         tot = 0.0
-        for p in sb.process_tree(self.pid):
+        for p in bl.process_tree(self.pid):
             try:
                 with open("/proc/%d/stat" % p) as f:
                     fl = f.read().rsplit(")", 1)[1].split()
@@ -500,11 +503,6 @@ def latency_phase(relays, pysink, args, t_start):
 
 # --- main -----------------------------------------------------------------------------------------
 
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["py-sink"]:
@@ -530,19 +528,19 @@ def main(argv=None):
 
     cmd = "python3 tools/bench/relay_bench.py" + "".join(" " + a for a in argv)
     print("reproduce (from the repository root): %s" % cmd, flush=True)
-    missing = [b for b in ("smtp-source", "smtp-sink", "postfix", "postconf") if shutil.which(b) is None]
+    missing = bl.missing_tools(("smtp-source", "smtp-sink", "postfix", "postconf"))
     if missing:
         print("missing: %s (apt-get install postfix; see /work/shared/reference/bench.md)" % ", ".join(missing))
         return 2
     if os.geteuid() != 0:
         print("needs root (Postfix's master and smtp-sink -u nobody)")
         return 2
-    busy = ["%s:%d" % a for a in ADDR.values() if not sb.can_bind(a)]
+    busy = bl.busy_addresses(ADDR.values())
     if busy:
         print("addresses in use: %s" % ", ".join(busy))
         return 2
     parent = os.path.realpath(args.dir or tempfile.gettempdir())
-    closed = [d for d in sb._ancestors(parent) if not os.stat(d).st_mode & 0o001]
+    closed = bl.closed_dirs(parent)
     if closed:
         print("Postfix's daemons cannot reach a queue under %s (%s not searchable by others); pick another --dir"
               % (parent, ", ".join(closed)))
@@ -551,29 +549,18 @@ def main(argv=None):
     t_start = time.monotonic()
     work = tempfile.mkdtemp(prefix="tinymta-relaybench-", dir=args.dir)
     os.chmod(work, 0o755)
-    mnt, fstype, fsdev, opts = sb.mount_of(work)
-    head, dirty = sb.git_state()
-    machine = {"date": datetime.date.today().isoformat(), "nproc": os.cpu_count(), "arch": platform.machine(),
-               "kernel": platform.release(), "python": platform.python_version(), "cpu": None,
-               "fs_type": fstype, "fs_device": fsdev, "fs_mount": mnt, "dir": work, "git_head": head,
-               "git_dirty": dirty}
-    try:
-        with open("/proc/cpuinfo") as f:
-            machine["cpu"] = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
-    except OSError:
-        pass
-    print("date %s | %s cpus (%s) | %s | kernel %s | CPython %s" % (
-        machine["date"], machine["nproc"], machine["cpu"], machine["arch"], machine["kernel"], machine["python"]))
+    mnt, fstype, fsdev, opts = bl.mount_of(work)
+    head, dirty = bl.git_state()
+    machine = dict(bl.machine_base(), cpu=bl.cpu_model(), fs_type=fstype, fs_device=fsdev, fs_mount=mnt, dir=work,
+                   git_head=head, git_dirty=dirty)
+    bl.print_machine(machine)
     src = os.path.join(work, "src")
-    try:
-        machine["tinymta_sha256"] = sb.snapshot_tinymta(src, args.rev)
-    except (BenchError, OSError, subprocess.SubprocessError) as e:
-        print("cannot take the tinymta snapshot: %s" % e)
+    err = bl.take_snapshot(machine, src, args.rev)
+    if err:
+        print(err)
         shutil.rmtree(work, ignore_errors=True)
         return 2
     if args.rev:
-        machine["git_rev"] = subprocess.run(["git", "rev-parse", "--short", args.rev], cwd=ROOT, capture_output=True,
-                                            text=True, timeout=10).stdout.strip()
         print("tinymta from git archive %s (%s); package sha256 %s" % (args.rev, machine["git_rev"],
                                                                        machine["tinymta_sha256"][:16]))
     else:
@@ -607,7 +594,7 @@ def main(argv=None):
                          "trials": args.trials, "latency_samples": args.latency_samples,
                          "latency_gap_s": args.latency_gap, "routing": "smarthost",
                          "addresses": {k: "%s:%d" % v for k, v in ADDR.items()}}}
-    old_term = signal.signal(signal.SIGTERM, sb._interrupt)
+    old_term = signal.signal(signal.SIGTERM, bl.interrupt)
     try:
         for s in (sink_t, sink_p, pysink, pfx):
             s.start()
@@ -649,31 +636,23 @@ def main(argv=None):
     except KeyboardInterrupt:
         failed = "interrupted"
     finally:
-        for s in reversed(started):
-            try:
-                s.stop()
-            except Exception as e:  # keep stopping the others
-                print("stopping %s: %r" % (getattr(s, "name", s), e))
-        signal.signal(signal.SIGTERM, old_term)
-        leftovers = [getattr(s, "name", "?") for s in started if getattr(s, "proc", None) is not None]
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+        leftovers = bl.teardown(started, started, old_term, work, args.keep)
 
     summary = {}
     for r in relays:
         rr = [x for x in rows if x["relay"] == r.name]
         e2e = [x["e2e_msgs_per_s"] for x in rr if x["e2e_msgs_per_s"]]
-        summary[r.name] = {"trials": len(rr), "e2e_msgs_per_s_median": med(e2e),
+        summary[r.name] = {"trials": len(rr), "e2e_msgs_per_s_median": bl.med(e2e),
                            "e2e_msgs_per_s_min": min(e2e) if e2e else None,
                            "e2e_msgs_per_s_max": max(e2e) if e2e else None,
-                           "accept_msgs_per_s_median": med([x["accept_msgs_per_s"] for x in rr]),
-                           "drain_tail_s_median": med([x["drain_tail_s"] for x in rr]),
-                           "relay_msgs_per_s_during_accept_median": med([x["relay_msgs_per_s_during_accept"]
+                           "accept_msgs_per_s_median": bl.med([x["accept_msgs_per_s"] for x in rr]),
+                           "drain_tail_s_median": bl.med([x["drain_tail_s"] for x in rr]),
+                           "relay_msgs_per_s_during_accept_median": bl.med([x["relay_msgs_per_s_during_accept"]
                                                                          for x in rr]),
-                           "relay_msgs_per_s_tail_median": med([x["relay_msgs_per_s_tail"] for x in rr]),
-                           "relay_cpu_ms_per_msg_median": med([x.get("relay_cpu_ms_per_msg") for x in rr]),
-                           "machine_busy_median": med([x.get("machine_busy") for x in rr]),
-                           "msgs_per_connection_median": med([x["msgs_per_connection"] for x in rr]),
+                           "relay_msgs_per_s_tail_median": bl.med([x["relay_msgs_per_s_tail"] for x in rr]),
+                           "relay_cpu_ms_per_msg_median": bl.med([x.get("relay_cpu_ms_per_msg") for x in rr]),
+                           "machine_busy_median": bl.med([x.get("machine_busy") for x in rr]),
+                           "msgs_per_connection_median": bl.med([x["msgs_per_connection"] for x in rr]),
                            "verified_runs": sum(1 for x in rr if x["verified"])}
     a, b = summary["tinymta"]["e2e_msgs_per_s_median"], summary["postfix"]["e2e_msgs_per_s_median"]
     per_trial = []
@@ -739,15 +718,9 @@ def main(argv=None):
         print("  accept 250: until the client had the relay's 250; queue: from then until the relay connected "
               "to the next hop;\n  dialogue: connect to final dot at the next hop (medians of each part)")
     print()
-    print("aim: tinymta end-to-end >= postfix: %s" % {True: "met", False: "MISSED", None: "n/a"}[
-        aims["e2e_at_least_postfix"]])
-    print("every run verified (smtp-source exit 0, sink got exactly %d, relay store empty): %s%s" % (
-        args.messages, "yes" if verified else "NO", "" if failed is None else " -- error: " + failed))
-    if leftovers:
-        print("WARNING: not stopped: %s" % ", ".join(leftovers))
-    print("load average (1 min) after the run: %.2f; total %.1f s" % (machine["loadavg_end"], result["seconds"]))
-    print(json.dumps(result, sort_keys=True))
-    return 0 if verified and not leftovers else 1
+    print("aim: tinymta end-to-end >= postfix: %s" % bl.verdict(aims["e2e_at_least_postfix"]))
+    return bl.finish(result, verified, "smtp-source exit 0, sink got exactly %d, relay store empty" % args.messages,
+                     failed, leftovers, machine["loadavg_end"], result["seconds"])
 
 
 if __name__ == "__main__":

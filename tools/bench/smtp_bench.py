@@ -37,25 +37,27 @@ smtp-sink's message counter).  It also records block-device flushes per message,
 time, and tinymta's VmRSS when idle, sampled under load, and its VmHWM peak.
 
 Everything started is stopped by PID.  The last line of output is one JSON object.
+
+This script holds the servers (Postfix, smtp-sink, the aiosmtpd sink, tinymta), one timed run and
+the accept-rate report; relay_bench.py reuses the servers.  The machine, process, teardown and
+median helpers are benchlib.py's; this script must not grow its own copies of them.
 """
 import argparse
-import datetime
-import hashlib
 import json
 import os
-import platform
-import select
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchlib import (BenchError, BlockStat, busy_addresses, closed_dirs, cpu_model, finish, git_state, interrupt,
+                      machine_base, med, missing_tools, mount_of, print_machine, proc_cpu_s, proc_status,
+                      process_tree, pss_kib, read_line, reset_hwm, stop_pid, take_snapshot, teardown, verdict,
+                      wait_port, zombie)
+
 SCRIPT = os.path.abspath(__file__)
 KiB, MiB = 1024, 1024 * 1024
 
@@ -131,243 +133,12 @@ def aio_sink_main(argv):
 
 # --- small helpers --------------------------------------------------------------------------
 
-class BenchError(Exception):
-    pass
-
-
-def proc_status(pid):
-    """{field: kB} for the Vm* lines of /proc/PID/status, or {} when the process is gone."""
-    out = {}
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("Vm"):
-                    k, v = line.split(":", 1)
-                    out[k] = int(v.split()[0])
-    except (OSError, ValueError):
-        pass
-    return out
-
-
-def reset_hwm(pid):
-    """Reset a process's VmHWM (peak RSS) to its current RSS (Linux >= 4.0); False when not possible."""
-    try:
-        with open("/proc/%d/clear_refs" % pid, "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def proc_cpu_s(pid):
-    """utime + stime of a process, in seconds."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def children_map():
-    kids = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open("/proc/%s/stat" % d) as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                kids.setdefault(ppid, []).append(int(d))
-            except (OSError, ValueError, IndexError):
-                pass
-    return kids
-
-
-def process_tree(pid):
-    kids, out, todo = children_map(), [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
-def pss_kib(pid):
-    try:
-        with open("/proc/%d/smaps_rollup" % pid) as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def mount_of(path):
-    path = os.path.realpath(path)
-    best = ("?", "?", "?", "")
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                dev, mnt, fstype, opts = line.split()[:4]
-                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
-                    best = (mnt, fstype, dev, opts)
-    except OSError:
-        pass
-    return best
-
-
-class BlockStat:
-    """Completed flush requests of the block device holding a directory (None when unknown)."""
-
-    def __init__(self, path):
-        st = os.stat(path)
-        self.majmin = "%d:%d" % (os.major(st.st_dev), os.minor(st.st_dev))
-        self.path = "/sys/dev/block/%s/stat" % self.majmin
-        self.name = os.path.basename(os.path.realpath("/sys/dev/block/" + self.majmin)) \
-            if os.path.exists(self.path) else None
-
-    def flushes(self):
-        try:
-            with open(self.path) as f:
-                v = [int(x) for x in f.read().split()]
-            return v[15] if len(v) >= 17 else None
-        except (OSError, ValueError):
-            return None
-
-
-def git_state():
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "tinymta"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=10).stdout.split("\n")
-        return head or None, sorted(line[3:] for line in dirty if line.strip())
-    except (OSError, subprocess.SubprocessError):
-        return None, []
-
-
-def snapshot_tinymta(dest, rev=None):
-    """Copy the tinymta package into dest (from the working tree, or `git archive REV`); its sha256.
-
-    Every tinymta start in the run imports this copy, so an edit to the working tree during the
-    run cannot change what is measured half-way.
-    """
-    os.makedirs(dest)
-    if rev is None:
-        shutil.copytree(os.path.join(ROOT, "tinymta"), os.path.join(dest, "tinymta"),
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    else:
-        arch = subprocess.run(["git", "archive", "--format=tar", rev, "tinymta"], cwd=ROOT, capture_output=True,
-                              timeout=60)
-        if arch.returncode:
-            raise BenchError("git archive %s tinymta: %s" % (rev, arch.stderr.decode("utf-8", "replace").strip()))
-        subprocess.run(["tar", "-x", "-C", dest], input=arch.stdout, check=True, timeout=60)
-    h = hashlib.sha256()
-    for base, dirs, files in sorted(os.walk(os.path.join(dest, "tinymta"))):
-        dirs.sort()
-        for f in sorted(files):
-            if f.endswith(".py"):
-                path = os.path.join(base, f)
-                h.update(os.path.relpath(path, dest).encode() + b"\0")
-                with open(path, "rb") as fh:
-                    h.update(fh.read())
-    return h.hexdigest()
-
-
-def can_bind(addr):
-    s = socket.socket()
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(addr)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def wait_port(addr, timeout, proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return False
-        try:
-            socket.create_connection(addr, timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def read_line(proc, want, timeout):
-    """Read proc's stdout until a line starting with `want` (True) or EOF/timeout (False)."""
-    deadline = time.monotonic() + timeout
-    buf = b""
-    fd = proc.stdout.fileno()
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not r:
-            break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        buf += chunk
-        for line in buf.split(b"\n")[:-1]:
-            if line.strip().startswith(want):
-                return line.decode("utf-8", "replace").strip()
-    return None
-
-
-def stop_pid(pid, proc=None, timeout=10.0):
-    """SIGTERM one process by PID, wait for it, SIGKILL it if needed.  True when it exited."""
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None:
-            if proc.poll() is not None:
-                return True
-        elif not os.path.exists("/proc/%d" % pid) or _zombie(pid):
-            return True
-        time.sleep(0.02)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if proc is not None:
-        proc.wait(5)
-    return False
-
-
-def _zombie(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def _ancestors(path):
-    out = [path]
-    while os.path.dirname(out[-1]) != out[-1]:
-        out.append(os.path.dirname(out[-1]))
-    return out
-
-
 def queue_files(root, dirs=("maildrop", "incoming", "active", "deferred", "hold")):
     out = []
     for d in dirs:
         for base, _, files in os.walk(os.path.join(root, d)):
             out.extend(os.path.join(base, f) for f in files)
     return out
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt()
 
 
 def bare_python_rss_kib():
@@ -555,7 +326,7 @@ class Postfix(Server):
         stop_pid(self.pid)
         stop_pid(self.proc.pid, self.proc)
         for p in tree:          # any child the master left behind
-            if os.path.exists("/proc/%d" % p) and not _zombie(p):
+            if os.path.exists("/proc/%d" % p) and not zombie(p):
                 stop_pid(p)
         self.proc = None
         self.log.close()
@@ -796,10 +567,6 @@ def timed_run(srv, mode, flags, args, blk, remaining):
 
 # --- report -------------------------------------------------------------------------------------
 
-def med(xs):
-    return statistics.median(xs) if xs else None
-
-
 def fmt_kib(v):
     return "n/a" if v is None else "%.1f MiB" % (v / 1024.0)
 
@@ -830,7 +597,7 @@ def main(argv=None):
     print("reproduce (from the repository root): %s" % cmd, flush=True)
 
     # --- what is needed ---
-    missing = [b for b in ("smtp-source", "smtp-sink", "postfix", "postconf") if shutil.which(b) is None]
+    missing = missing_tools(("smtp-source", "smtp-sink", "postfix", "postconf"))
     if missing:
         print("missing: %s (apt-get install postfix; see /work/shared/reference/bench.md)" % ", ".join(missing))
         return 2
@@ -847,13 +614,13 @@ def main(argv=None):
     if os.geteuid() != 0:
         print("needs root (Postfix's master and smtp-sink -u nobody)")
         return 2
-    busy = ["%s:%d" % a for a in ADDR.values() if not can_bind(a)]
+    busy = busy_addresses(ADDR.values())
     if busy:
         print("addresses in use: %s" % ", ".join(busy))
         return 2
 
     parent = os.path.realpath(args.dir or tempfile.gettempdir())
-    closed = [d for d in _ancestors(parent) if not os.stat(d).st_mode & 0o001]
+    closed = closed_dirs(parent)
     if closed:
         print("Postfix's daemons (user postfix) cannot reach a queue under %s: %s not searchable by others; "
               "pick another --dir" % (parent, ", ".join(closed)))
@@ -865,27 +632,16 @@ def main(argv=None):
     mnt, fstype, fsdev, opts = mount_of(work)
     blk = BlockStat(work)
     head, dirty = git_state()
-    machine = {"date": datetime.date.today().isoformat(), "nproc": os.cpu_count(), "arch": platform.machine(),
-               "kernel": platform.release(), "python": platform.python_version(), "cpu": None,
-               "fs_type": fstype, "fs_device": fsdev, "fs_mount": mnt, "fs_options": opts, "dir": work,
-               "block_device": blk.name, "git_head": head, "git_dirty": dirty}
-    try:
-        with open("/proc/cpuinfo") as f:
-            machine["cpu"] = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
-    except OSError:
-        pass
-    print("date %s | %s cpus (%s) | %s | kernel %s | CPython %s" % (
-        machine["date"], machine["nproc"], machine["cpu"], machine["arch"], machine["kernel"], machine["python"]))
+    machine = dict(machine_base(), cpu=cpu_model(), fs_type=fstype, fs_device=fsdev, fs_mount=mnt, fs_options=opts,
+                   dir=work, block_device=blk.name, git_head=head, git_dirty=dirty)
+    print_machine(machine)
     src = os.path.join(work, "src")
-    try:
-        machine["tinymta_sha256"] = snapshot_tinymta(src, args.rev)
-    except (BenchError, OSError, subprocess.SubprocessError) as e:
-        print("cannot take the tinymta snapshot: %s" % e)
+    err = take_snapshot(machine, src, args.rev)
+    if err:
+        print(err)
         shutil.rmtree(work, ignore_errors=True)
         return 2
     if args.rev:
-        machine["git_rev"] = subprocess.run(["git", "rev-parse", "--short", args.rev], cwd=ROOT, capture_output=True,
-                                            text=True, timeout=10).stdout.strip()
         print("tinymta from git archive %s (%s), not the working tree; package sha256 %s"
               % (args.rev, machine["git_rev"], machine["tinymta_sha256"][:16]))
     else:
@@ -911,7 +667,7 @@ def main(argv=None):
               "params": {"messages": args.messages, "size": args.size, "sessions": args.sessions,
                          "trials": args.trials, "tinymta_spool_size": args.spool_size,
                          "addresses": {k: "%s:%d" % v for k, v in ADDR.items()}}}
-    old_term = signal.signal(signal.SIGTERM, _interrupt)     # a SIGTERM still stops every server
+    old_term = signal.signal(signal.SIGTERM, interrupt)     # a SIGTERM still stops every server
     try:
         for s in (sink, pfx, pfx_relay, aio):
             s.start()
@@ -953,19 +709,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         failed = "interrupted"
     finally:
-        for s in reversed(started):
-            try:
-                s.stop()
-            except Exception as e:  # keep stopping the others
-                print("stopping %s: %r" % (getattr(s, "name", s), e))
-        signal.signal(signal.SIGTERM, old_term)
-        leftovers = []
-        for s in servers + [sink]:
-            p = getattr(s, "proc", None)
-            if p is not None:
-                leftovers.append(getattr(s, "name", "smtp-sink"))
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+        leftovers = teardown(started, servers + [sink], old_term, work, args.keep, unnamed="smtp-sink")
 
     # --- summary ---
     summary, ratios = {}, {}
@@ -1073,17 +817,12 @@ def main(argv=None):
                                  fmt_kib(others_mem["postfix"]["load_kib_median"]),
                                  fmt_kib(others_mem["postfix+relay"]["load_kib_median"])))
     print("aims: tinymta >= postfix (accept only): %s | tinymta >= postfix+relay: %s" % (
-        " ".join("%s %s" % (m, {True: "met", False: "MISSED", None: "n/a"}[aims[m]["at_least_postfix_accept_only"]])
+        " ".join("%s %s" % (m, verdict(aims[m]["at_least_postfix_accept_only"]))
                  for m, _ in MODES),
-        " ".join("%s %s" % (m, {True: "met", False: "MISSED", None: "n/a"}[aims[m]["at_least_postfix_with_relay"]])
+        " ".join("%s %s" % (m, verdict(aims[m]["at_least_postfix_with_relay"]))
                  for m, _ in MODES)))
-    print("every run verified (smtp-source exit 0 and %d messages stored): %s%s" % (
-        args.messages, "yes" if verified else "NO", "" if failed is None else " -- error: " + failed))
-    if leftovers:
-        print("WARNING: not stopped: %s" % ", ".join(leftovers))
-    print("load average (1 min) after the run: %.2f; total %.1f s" % (machine["loadavg_end"], result["seconds"]))
-    print(json.dumps(result, sort_keys=True))
-    return 0 if verified and not leftovers else 1
+    return finish(result, verified, "smtp-source exit 0 and %d messages stored" % args.messages, failed, leftovers,
+                  machine["loadavg_end"], result["seconds"])
 
 
 if __name__ == "__main__":

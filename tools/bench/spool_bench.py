@@ -29,22 +29,25 @@ What is measured (BENCHMARKS.md explains the counters and their caveats):
    64 KiB and a 1 MiB message are streamed in and out in 4 KiB chunks.
 
 The last line of output is one JSON object with every number.
+
+This script holds the spool-against-files measurements, in this one process, and their report;
+the machine description (mount, block device, git state) and /proc status readers are
+benchlib.py's.  It must not know any SMTP server: nothing is started here.
 """
 import argparse
-import datetime
 import gc
 import json
 import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchlib import ROOT, BlockStat, git_state, machine_base, mount_of, proc_status, reset_hwm
+
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
@@ -64,45 +67,6 @@ AIM_MOUNT_S = 0.5
 
 # --- the machine and its counters -----------------------------------------------------------
 
-def mount_of(path):
-    """(mount point, fs type, device, options) of the filesystem holding path, from /proc/mounts."""
-    path = os.path.realpath(path)
-    best = ("?", "?", "?", "")
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                dev, mnt, fstype, opts = line.split()[:4]
-                mnt = mnt.replace("\\040", " ")
-                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
-                    best = (mnt, fstype, dev, opts)
-    except OSError:
-        pass
-    return best
-
-
-class BlockStat:
-    """Sectors written and flushes of the block device (or partition) that holds a directory."""
-
-    def __init__(self, path):
-        st = os.stat(path)
-        self.majmin = "%d:%d" % (os.major(st.st_dev), os.minor(st.st_dev))
-        self.path = "/sys/dev/block/%s/stat" % self.majmin
-        self.name = None
-        self.ok = os.path.exists(self.path)
-        if self.ok:
-            try:
-                self.name = os.path.basename(os.path.realpath("/sys/dev/block/" + self.majmin))
-                self.read()
-            except (OSError, ValueError, IndexError):
-                self.ok = False
-
-    def read(self):
-        """(bytes written, flush requests or None); sectors here are always 512 bytes."""
-        with open(self.path) as f:
-            v = [int(x) for x in f.read().split()]
-        return v[6] * 512, (v[15] if len(v) >= 17 else None)
-
-
 def proc_io_write_bytes():
     try:
         with open("/proc/self/io") as f:
@@ -115,36 +79,7 @@ def proc_io_write_bytes():
 
 
 def status_kib(field):
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def git_state():
-    """The commit measured, and whether tinymta/ had uncommitted changes (read-only git calls)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "tinymta"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=10).stdout.split("\n")
-        return head or None, sorted(line[3:] for line in dirty if line.strip())
-    except (OSError, subprocess.SubprocessError):
-        return None, []
-
-
-def reset_hwm():
-    """Reset VmHWM (peak RSS) to the current RSS (Linux >= 4.0); False when not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    return proc_status("self").get(field)
 
 
 class Counters:
@@ -496,11 +431,9 @@ def main(argv=None):
     work = tempfile.mkdtemp(prefix="tinymta-bench-", dir=args.dir)
     mnt, fstype, fsdev, opts = mount_of(work)
     blk = BlockStat(work)
-    machine = {"date": datetime.date.today().isoformat(), "nproc": os.cpu_count(), "arch": platform.machine(),
-               "kernel": platform.release(), "python": platform.python_version(),
-               "implementation": platform.python_implementation(), "dir": work, "fs_type": fstype,
-               "fs_device": fsdev, "fs_mount": mnt, "fs_options": opts,
-               "block_stat": blk.path if blk.ok else None, "block_name": blk.name}
+    machine = dict(machine_base(), implementation=platform.python_implementation(), dir=work, fs_type=fstype,
+                   fs_device=fsdev, fs_mount=mnt, fs_options=opts, block_stat=blk.path if blk.ok else None,
+                   block_name=blk.name)
     machine["git_head"], machine["git_dirty"] = git_state()
     print("date %s | %s cpus | %s | kernel %s | %s %s" % (machine["date"], machine["nproc"], machine["arch"],
                                                            machine["kernel"], machine["implementation"],
