@@ -2,28 +2,20 @@
 
 Holds the schema (DESIGN.md's table plus the keys the server needs), `load()` for `.toml`
 (CPython: tomllib or tomli) and `.json` (every runtime; boards use JSON compiled from the same
-TOML by `tinymta build-config`), `from_dict()`, `to_json_dict()`, the `Config` object
-(`cfg.server.listen`), and `ip_allowed` / `domain_allowed`, which apply it. Address parsing and
-CIDR matching live in tinymta.netaddr (no config there); its names are re-exported here.
+TOML by `tinymta build-config`), `from_dict()` (unknown sections and keys, each value, then the
+rules across keys), `to_json_dict()`, the `Config` object (`cfg.server.listen`), and `ip_allowed` /
+`domain_allowed`, which apply it. How one value is read (sizes, durations, addresses, networks,
+optional strings; the value forms) is tinymta.configvalues; address parsing and CIDR matching are
+tinymta.netaddr. Names other modules use from both are re-exported here.
 
 It must not know SMTP, sockets, the spool format or the console, and never reads the files that
 keys name (password_file, tls_cert, ...): their users check them. Every error is one line naming
 the file and the key: `bad.toml: server.max_connections: must be an integer >= 1, got "eight"`.
 
-Value forms
-- sizes (server.max_message_size, spool.size, spool.sector_size, spool.prog_unit): integer bytes
-  or "<n><unit>" with K, M, G, KiB, MiB, GiB (powers of 1024, any case): "64K", "4M", "1MiB".
-  "MB" is refused as ambiguous.
-- durations (server.timeout, relay.retry_min, retry_max, max_age): integer seconds, or "30s",
-  "5m", "1h", "5d".
-- addresses (server.listen, relay.smarthost, relay.dns_servers): "host:port" or "[v6]:port",
-  parsed to (host, port) tuples, IPv6 without brackets. The port may be left out: listen 25,
-  dns_servers 53, smarthost 465 when relay.tls is "implicit", else 587. DNS servers are IPs.
-- networks (server.relay_networks): "a.b.c.d/n", "v6/n" or a bare address (/32, /128). Host
-  bits set past the prefix is an error (typo guard). An IPv4 address and its mapped form
-  ::ffff:a.b.c.d are the same address for matching, both ways.
-- optional strings: "" (or JSON null) means unset and reads as None. console.socket "" disables
-  the control socket. Booleans are true/false only; integers refuse booleans and floats.
+Values that mean more than their form
+- server.hostname unset: the system host name ("tinymta" when there is none).
+- relay.smarthost without a port: 465 when relay.tls is "implicit", else 587.
+- console.socket "" disables the control socket.
 
 Rules across keys
 - relay.tls defaults to "opportunistic" for relay.mode "mx", "starttls" for "smarthost".
@@ -43,31 +35,24 @@ Rules across keys
 """
 import json
 
-from tinymta import compat
+from tinymta import compat, configvalues, netaddr
 from tinymta.compat import MICROPYTHON
-from tinymta.netaddr import (HOSTCHARS as _HOSTCHARS, format_hostport, format_ip,  # noqa: F401
-                             in_networks, parse_cidr, parse_hostport, parse_ip)  # (re-exported)
+from tinymta.configvalues import MIB as _MIB, convert as _convert, show as _show
+from tinymta.netaddr import format_hostport, in_networks
+
+# re-exported: the address helpers (callers and tests use them from here), and what
+# tinymta.boards reads its sizes with
+format_ip, parse_cidr, parse_hostport, parse_ip = (netaddr.format_ip, netaddr.parse_cidr,
+                                                   netaddr.parse_hostport, netaddr.parse_ip)
+_number, _SIZE_UNITS = configvalues.number, configvalues.SIZE_UNITS
 
 SECTIONS = ("server", "spool", "relay", "console", "log", "board")
 TLS_MODES = ("none", "opportunistic", "starttls", "implicit")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-_MIB = 1 << 20
-_SIZE_UNITS = (("kib", 1024), ("mib", _MIB), ("gib", 1 << 30), ("k", 1024), ("m", _MIB), ("g", 1 << 30))
-_TIME_UNITS = (("s", 1), ("m", 60), ("h", 3600), ("d", 86400))
 
 
 class ConfigError(Exception):
     """A configuration problem; str(e) is one line: 'file: section.key: what is wrong'."""
-
-
-def _show(v):
-    if v is None or v is True or v is False:
-        return {None: "null", True: "true", False: "false"}[v]
-    if isinstance(v, str):
-        return '"%s"' % (v if len(v) <= 60 else v[:57] + "...")
-    if isinstance(v, (int, float)):
-        return repr(v)
-    return "a " + {list: "list", dict: "table"}.get(type(v), type(v).__name__)
 
 
 # ---- relay checks ------------------------------------------------------------------------------
@@ -81,90 +66,6 @@ def domain_allowed(cfg, domain):
     """True when server.relay_domains is empty or holds domain (case-insensitive, exact match)."""
     doms = cfg.server.relay_domains
     return not doms or domain.lower().rstrip(".") in doms
-
-
-# ---- values ------------------------------------------------------------------------------------
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)  # isinstance(True, int) is False on MP
-
-
-def _number(v, lo, units, what):
-    n = v if _is_int(v) else None
-    if isinstance(v, str):
-        s, mul = v.strip().lower(), 1
-        for suffix, m in units:
-            if s.endswith(suffix):
-                s, mul = s[:-len(suffix)].strip(), m
-                break
-        n = int(s) * mul if s.isdigit() else None
-    if n is None or n < lo:
-        raise ValueError(what % lo)
-    return n
-
-
-def _item(kind, s):
-    if kind == "listen":
-        return parse_hostport(s, 25)
-    if kind == "networks":
-        return parse_cidr(s)
-    if kind == "dns":
-        hp = parse_hostport(s, 53)
-        if parse_ip(hp[0]) is None:
-            raise ValueError("DNS servers must be IP addresses")
-        return hp
-    d = s.strip().lower().rstrip(".")  # domains
-    if not d or d[0] in ".-" or ".." in d or [c for c in d if c not in _HOSTCHARS]:
-        raise ValueError("bad domain")
-    return d
-
-
-def _convert(kind, v, arg):
-    """A value as read from the file -> its Config form, or ValueError saying what is wrong."""
-    if kind == "int":
-        if not _is_int(v) or v < arg:
-            raise ValueError("must be an integer >= %d" % arg)
-    elif kind == "port":
-        if not _is_int(v) or not 1 <= v <= 65535:
-            raise ValueError("must be a port number 1-65535")
-    elif kind == "size":
-        return _number(v, arg, _SIZE_UNITS, 'must be a size >= %d bytes: an integer or "64K", "4M", "1MiB"...')
-    elif kind == "duration":
-        return _number(v, arg, _TIME_UNITS, 'must be a duration >= %d s: integer seconds or "30s", "5m", "1h", "5d"')
-    elif kind == "bool":
-        if not isinstance(v, bool):
-            raise ValueError("must be true or false")
-    elif kind == "str":
-        if not isinstance(v, str) or not v:
-            raise ValueError("must be a non-empty string")
-    elif kind in ("opt", "smarthost"):
-        if v is not None and not isinstance(v, str):
-            raise ValueError('must be a string ("" for none)')
-        if kind == "smarthost" and v:
-            return parse_hostport(v, 0)  # port 0: chosen from relay.tls later
-        return v or None
-    elif kind == "enum":
-        if v is None and arg is TLS_MODES:
-            return None  # relay.tls: chosen from relay.mode later
-        if not isinstance(v, str) or v not in arg:
-            raise ValueError("must be one of " + ", ".join(['"%s"' % c for c in arg]))
-    elif kind == "hostname":
-        if not isinstance(v, str) or not v or ((v[0] != "[" or v[-1] != "]") and
-                                               [c for c in v if c not in _HOSTCHARS]):
-            raise ValueError("must be a host name (letters, digits, '-', '.') or an [address]")
-    else:  # lists of strings
-        if not isinstance(v, list) or len(v) < arg:
-            raise ValueError("must be a list of strings" + (" (at least one)" if arg else ""))
-        out = []
-        for s in v:
-            if not isinstance(s, str):
-                raise ValueError("entries must be strings, got %s" % _show(s))
-            try:
-                out.append(_item(kind, s))
-            except ValueError as e:
-                raise ValueError("%s, got %s" % (e, _show(s)))
-        return out
-    return v
 
 
 # (section, key, default as written in a file, kind, argument) in DESIGN.md's order
@@ -189,7 +90,7 @@ SCHEMA = (
     ("spool", "prog_unit", 4096, "size", 1),
     ("relay", "mode", "mx", "enum", ("mx", "smarthost", "none")),   # none: keep mail, deliver nothing
     ("relay", "smarthost", None, "smarthost", None),
-    ("relay", "tls", None, "enum", TLS_MODES),  # None: chosen from relay.mode
+    ("relay", "tls", None, "optenum", TLS_MODES),  # None: chosen from relay.mode
     ("relay", "username", None, "opt", None),
     ("relay", "password_file", None, "opt", None),
     ("relay", "ca_file", None, "opt", None),
