@@ -27,6 +27,8 @@ import time
 
 import pytest
 
+from mtaproc import stop_process
+
 BINARY = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if os.path.exists("/usr/sbin/dnsmasq") else None)
 needs_dnsmasq = pytest.mark.skipif(BINARY is None, reason="dnsmasq is not installed")
 
@@ -118,13 +120,7 @@ class Dnsmasq:
 
     def stop(self):
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()  # by PID: SIGTERM to this process only
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
+            stop_process(self.proc)
             self.proc = None
         if self._log is not None:
             self._log.close()

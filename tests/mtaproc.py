@@ -29,6 +29,19 @@ def free_port(host="127.0.0.1"):
     return port
 
 
+def stop_process(proc, sig=signal.SIGTERM, wait=5):
+    """End a child the test started, by its own PID: sig, then SIGKILL after `wait` seconds.
+    It is always reaped; its exit status is returned."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class MTA:
     def __init__(self, tmp, runtime="cpython", server=None, spool=None, relay=None, console=None,
                  log_level="info", heap="2M", console_stdin=False, mpypath=None):
@@ -96,13 +109,7 @@ class MTA:
         MicroPython, which has no signal handlers (SIGTERM would end it like a power cut)."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT if self.runtime == "micropython" else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGINT if self.runtime == "micropython" else signal.SIGTERM, timeout)
         self.proc.stdout.close()
         if self.proc.stdin is not None:
             self.proc.stdin.close()

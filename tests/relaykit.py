@@ -36,7 +36,6 @@ import email.policy
 import json
 import os
 import shutil
-import signal
 import smtplib
 import socket
 import subprocess
@@ -47,7 +46,7 @@ import time
 import pytest
 
 from dnsmasqfix import Dnsmasq
-from mtaproc import MTA
+from mtaproc import MTA, stop_process
 
 SINK_IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6")
 USER, PASSWORD = "user", "pass"
@@ -124,13 +123,7 @@ class Proc:
 
     def stop(self):
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
+            stop_process(self.proc)
             self.proc = None
             self._log.close()
 

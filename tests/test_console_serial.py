@@ -31,7 +31,7 @@ import time
 import pytest
 import serial
 
-from mtaproc import MICROPYTHON, MTA, free_port
+from mtaproc import MICROPYTHON, MTA, free_port, stop_process
 from relaykit import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,13 +68,7 @@ class Pty:
         """SIGTERM by PID; socat removes its links as it exits (the device vanishes)."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
 
