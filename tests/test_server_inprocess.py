@@ -80,3 +80,49 @@ def test_a_failing_loop_hook_is_logged_and_the_loop_goes_on(server):
         compat.set_log_sink(None)
     assert len(calls) >= 2 and srv.running
     assert [ln for ln in lines if "loop hook" in ln and "MemoryError" in ln]
+
+
+def test_a_client_reset_under_its_250_ends_that_client_only(server, monkeypatch):
+    """The peer resets while the 250 after the group commit goes out (a client that closes
+    without reading): the message is durable and handed to the relay, the loop goes on."""
+    from tinymta import netio
+    srv, _, port = server
+    queued, real_send, resets = [], netio.send, []
+
+    def send(sock, data):
+        if bytes(data[:4]) == b"250 " and b"queued as" in bytes(data) and not resets:
+            resets.append(1)
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return real_send(sock, data)
+    monkeypatch.setattr(netio, "send", send)
+    srv.on_queued = queued.append
+    with pytest.raises(smtplib.SMTPException):
+        _send(port, 1)                                  # this client never sees its 250
+    assert _send(port, 2) == {}                         # the server still serves
+    assert resets == [1] and len(queued) == 2 and all(q in srv.spool for q in queued)
+    assert srv.running
+
+
+def test_a_session_fault_is_answered_421_and_logged(server, monkeypatch):
+    """A bug inside the session (here: NOOP made to raise) gets the client a 421, and the log says
+    what went wrong, not just "disconnect"."""
+    from tinymta import compat, session
+    srv, _, port = server
+    lines = []
+    real_step = session.Session._step
+
+    def step(self):
+        if b"NOOP" in bytes(self._buf).upper():
+            raise ZeroDivisionError("a bug")
+        return real_step(self)
+    monkeypatch.setattr(session.Session, "_step", step)
+    compat.set_log_sink(lines.append)
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+            assert s.noop()[0] == 421
+    except smtplib.SMTPServerDisconnected:
+        pass
+    finally:
+        compat.set_log_sink(None)
+    assert [ln for ln in lines if "session fault: ZeroDivisionError('a bug')" in ln], lines
+    assert _send(port, 3) == {}

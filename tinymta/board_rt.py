@@ -28,6 +28,7 @@ This module must not hold protocol, storage or delivery logic, nor know the blin
 import sys
 
 from tinymta import compat
+from tinymta.netaddr import format_hostport
 
 log = compat.get_logger("board")
 
@@ -340,7 +341,7 @@ def main(path=None, machine=None, network=None):
         srv.hooks.append(WifiWatch(network.WLAN(network.STA_IF), b.wifi_ssid, b.wifi_password).hook)
     wdt = watch_over(srv, machine, b.watchdog_ms)     # last: started once everything else is up
     log.info("tinymta ready: listening on %s, spool %s (%d messages)%s%s",
-             " ".join(["%s:%d" % a for a in cfg.server.listen]), cfg.spool.path, len(srv.spool),
+             " ".join([format_hostport(a) for a in cfg.server.listen]), cfg.spool.path, len(srv.spool),
              ", LED %s" % b.led if led else "", ", watchdog %d ms" % b.watchdog_ms if wdt else "")
     sys.stdout.write("READY\n")        # the readiness line tests and supervisors wait for
     try:

@@ -10,6 +10,7 @@ earliest next try of a message whose last error came from it.  Reads only: nothi
 changes the queue or the spool.  This module must not know the transports or the commands.
 """
 from tinymta import __version__, compat
+from tinymta.netaddr import format_hostport
 from tinymta.spoolfmt import format_id
 
 
@@ -82,7 +83,7 @@ def status(server, started):
     hops = hops_of(queue, now)
     pct = 100 * st["used"] // max(1, st["capacity"])
     data = {"version": __version__, "hostname": srv.hostname, "uptime": now - started,
-            "listening": ["%s:%d" % a for a in srv.cfg.server.listen], "relay": srv.cfg.relay.mode,
+            "listening": [format_hostport(a) for a in srv.cfg.server.listen], "relay": srv.cfg.relay.mode,
             "spool": {"used": st["used"], "free": st["free"], "capacity": st["capacity"],
                       "percent": pct, "messages": st["messages"], "free_sectors": st["free_sectors"],
                       "erase_min": min(wear), "erase_max": max(wear)},

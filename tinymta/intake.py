@@ -87,7 +87,9 @@ class Intake:
             log.error("%s: spool commit failed: %s", c.name(), e)
             self._refuse(c, R_LOCAL_ERROR)
             return
-        self.to_commit.append(c)
+        # committed: it is the spool's now (no abort can take it back), whatever the client does
+        self.to_commit.append((c, c.writer, c.fixer.added))
+        c.writer = c.fixer = None
 
     def _refuse(self, c, reply):
         log.warning("%s: from=<%s> to=<%s> refused: %s", c.name(), c.sender, ",".join(c.rcpts), text(reply))
@@ -103,24 +105,33 @@ class Intake:
         except SpoolError as e:
             log.error("spool sync failed: %s", e)
             reply = R_LOCAL_ERROR
-        for c in batch:
-            w = c.writer
-            added = c.fixer.added if c.fixer is not None else []
-            c.writer = c.fixer = None
-            if c.sock is None:
-                continue
-            if reply is not None or w.id not in self.spool:
-                self._refuse(c, reply or R_LOCAL_ERROR)
-            else:
-                qid = format_id(w.id)
-                log.info("%s: client=%s, from=<%s>, to=<%s>, size=%d%s, status=queued", qid, c.name(),
-                         c.sender, ",".join(c.rcpts), w.size,
-                         (", added=" + "+".join(added)) if added else "")
-                self.stats["received"] += 1
-                c.session.message_accepted(qid)
-                if self.on_queued is not None:
-                    self.on_queued(w.id)
-            self._events(c)         # pipelined commands waiting behind the verdict
+        for c, w, added in batch:
+            try:
+                self._verdict(c, w, added, reply)
+            except Exception as e:  # one client's failure (a reset under the 250) never stops the loop
+                self._fail(c, e)
+
+    def _verdict(self, c, w, added, reply):
+        """The 250 (or 451) for one message of a group commit, and the relay told of it."""
+        stored = reply is None and w.id in self.spool
+        gone = c.sock is None
+        if stored:
+            qid = format_id(w.id)
+            # A client gone before its 250 may send it again (a duplicate, never a loss): the
+            # message is durable and must be relayed all the same.
+            log.info("%s: client=%s, from=<%s>, to=<%s>, size=%d%s, status=queued%s", qid, c.name(),
+                     c.sender, ",".join(c.rcpts), w.size, (", added=" + "+".join(added)) if added else "",
+                     " (the client left before the reply)" if gone else "")
+            self.stats["received"] += 1
+            if self.on_queued is not None:
+                self.on_queued(w.id)
+        if gone:
+            return
+        if stored:
+            c.session.message_accepted(qid)
+        else:
+            self._refuse(c, reply or R_LOCAL_ERROR)
+        self._events(c)             # pipelined commands waiting behind the verdict
 
     def _drop_message(self, c):
         if c.writer is not None:

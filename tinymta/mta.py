@@ -10,6 +10,7 @@ import sys
 
 from tinymta import compat
 from tinymta.config import load, ConfigError
+from tinymta.netaddr import format_hostport
 
 log = compat.get_logger("mta")
 
@@ -66,7 +67,7 @@ def build(cfg, spool=None, console_stdin=False):
     except OSError as e:
         srv.close_listeners()
         raise StartupError("cannot listen on %s: %s" % (
-            " ".join("%s:%d" % a for a in srv_cfg.listen), compat.os_error_text(e)))
+            " ".join(format_hostport(a) for a in srv_cfg.listen), compat.os_error_text(e)))
     try:
         srv.spool = spool or open_spool(cfg)
     except StartupError:
@@ -118,7 +119,7 @@ def serve(path=None, console_stdin=False):
     compat.set_log_level(cfg.log.level)
     srv = build(cfg, console_stdin=console_stdin)
     log.info("tinymta ready: listening on %s, spool %s (%d messages), hostname %s",
-             " ".join("%s:%d" % a for a in cfg.server.listen), cfg.spool.path, len(srv.spool), cfg.server.hostname)
+             " ".join(format_hostport(a) for a in cfg.server.listen), cfg.spool.path, len(srv.spool), cfg.server.hostname)
     sys.stdout.write("READY\n")     # readiness line for supervisors and tests
     try:
         sys.stdout.flush()

@@ -137,7 +137,10 @@ class Server(Intake):
         deadline = compat.ticks_add(compat.ticks_ms(), 2000)
         while self.conns and compat.ticks_diff(deadline, compat.ticks_ms()) > 0:
             for c in list(self.conns.values()):
-                self._flush(c)
+                try:
+                    self._flush(c)
+                except OSError:         # that client is gone: the others still get their 421
+                    self._close(c)
             if self.conns:
                 compat.sleep_ms(10)
         for c in list(self.conns.values()):
@@ -184,9 +187,7 @@ class Server(Intake):
                 if c.sock is not None and ev & (netio.POLLIN | netio.POLLERR | netio.POLLHUP):
                     self._read(c)
             except Exception as e:  # one client's failure never stops the loop
-                log.error("%s: %r; connection closed", c.name(), e)
-                self._drop_message(c)
-                self._close(c)
+                self._fail(c, e)
         if self.to_commit:
             self._group_commit()
         now = compat.ticks_ms()
@@ -203,6 +204,12 @@ class Server(Intake):
                 hook(now)
             except Exception as e:      # a part's failure (relay, console, LED) never stops the loop
                 log.error("loop hook %r failed: %r", hook, e)
+
+    def _fail(self, c, e):
+        """Whatever went wrong with one client ends that client only."""
+        log.error("%s: %r; connection closed", c.name(), e)
+        self._drop_message(c)
+        self._close(c)
 
     def _wait_ms(self, max_wait_ms):
         return 0 if self.to_commit else max_wait_ms
@@ -221,7 +228,10 @@ class Server(Intake):
             if len(self.conns) >= self.cfg.server.max_connections:
                 log.warning("connect from [%s]:%d refused: %d sessions already", peer[0], peer[1],
                             len(self.conns))
-                netio.send(sock, R_BUSY % self.hostname.encode())
+                try:
+                    netio.send(sock, R_BUSY % self.hostname.encode())
+                except OSError:         # it left already
+                    pass
                 sock.close()
                 continue
             c = Connection(sock, peer, Session(self.policy), compat.ticks_ms())
@@ -328,6 +338,8 @@ class Server(Intake):
                 self._start_tls(c)
             elif kind == "close":
                 c.closing = True
+                if s.last_error is not None:    # the session's own fault: it answered 421, we say why
+                    log.error("%s: session fault: %r", c.name(), s.last_error)
         self._flush(c)
 
     def _on_mail(self, c, sender, params):
