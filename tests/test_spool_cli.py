@@ -20,6 +20,7 @@ import time
 import pytest
 
 from tinymta import spoolfmt as fmt
+from tinymta import spooltool
 from tinymta.blockdev import BlockDeviceError, FileBlockDevice
 from tinymta.spool import Spool
 from tinymta.spoolfmt import FormatError, SpoolError
@@ -365,12 +366,7 @@ def test_library_bad_file_raises_and_never_reformats(spool, case, size):
     else:
         assert _sha(path) == before, "the library changed a non-blank file"
     with pytest.raises((SpoolError, BlockDeviceError)):   # also read-only, as the tools open it
-        FileBlockDevice.probe(path)
-        d2 = FileBlockDevice(path, block_size=SECTOR, create=False, readonly=True)
-        try:
-            Spool(d2, readonly=True)
-        finally:
-            d2.close()
+        spooltool.open_readonly(path)
     if before is not None:
         assert _sha(path) == before
 

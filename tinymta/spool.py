@@ -311,8 +311,7 @@ class Spool:
         self._sync()
 
     def close(self):
-        self._sync()
-        self.dev.ioctl(3, 0)
+        self._sync()                # (it syncs the device itself when anything was written)
 
     # --- reading ------------------------------------------------------------
     def _read(self, at, buf):

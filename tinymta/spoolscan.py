@@ -116,6 +116,15 @@ def _find_head(dev, scan, hbuf, ignore):
 
 
 def scan(dev, unit_hint=256, ignore=None):
+    sc, again = _scan_pass(dev, unit_hint, ignore)
+    if again is not None:       # a second pass at most, with that head ignored (no recursion)
+        sc = _scan_pass(dev, unit_hint, again)[0]
+    return sc
+
+
+def _scan_pass(dev, unit_hint, ignore):
+    """One pass; (Scan, None), or (Scan, head) when that head sector must be ignored and the
+    scan done again (see below)."""
     n = dev.ioctl(4, 0)
     e = dev.ioctl(5, 0) or 512
     scan = Scan(n, e)
@@ -125,7 +134,7 @@ def scan(dev, unit_hint=256, ignore=None):
         if _blank(dev, n, e, unit_hint):
             scan.blank = True
             scan.unit = unit_hint
-            return scan
+            return scan, None
         raise fmt.FormatError("no tinymta spool here: no valid sector header and the device is not blank")
     hh = headers[head]
     scan.unit = 1 << hh.log2_unit
@@ -176,9 +185,9 @@ def scan(dev, unit_hint=256, ignore=None):
     if ignore is None and fmt.seq_diff(hh.seq, tail) == n - 1 and scan.originals == 0:
         # Full window: the head was opened by a reclaim with one sector left and holds only
         # copies of records that are still in the tail sector.  Ignore it; it is free again.
-        return globals()["scan"](dev, unit_hint, head)
+        return scan, head
     _finish(dev, scan, found, partial)
-    return scan
+    return scan, None
 
 
 def _walk(dev, scan, pos, h, found, dead, partial, tail):
