@@ -81,14 +81,15 @@ class Delivery:
             self.hosts = hosts
             self.next_host()
             return
+        # one hop name for a failed lookup, whichever resolver failed (getaddrinfo or the dns shim)
+        hop = self.relay.cfg.relay.smarthost[0] if self.mode == "smarthost" else self.route
         if isinstance(e, OSError):      # the smarthost's name did not resolve (gaierror): try later
-            hop = self.relay.cfg.relay.smarthost[0] if self.mode == "smarthost" else self.route
             self._record(hop, "DNS", "4.4.3 %s" % compat.os_error_text(e))
             self.next_group()
             return
         if self.relay.mx is None or not isinstance(e, self.relay.mx.DNSFailure):
             raise e
-        self._record(self.route, "DNS", str(e))
+        self._record(hop, "DNS", str(e))
         if e.permanent:
             for r in self.rcpts:
                 self.failed.append((r, e.status, str(e), None))

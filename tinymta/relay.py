@@ -103,8 +103,15 @@ class Relay:
                 if msg_id not in self.spool:
                     self.queue.remove(msg_id)
                     continue
+                try:
+                    msg = self.spool.message(msg_id)
+                except SpoolError as e:     # its envelope no longer reads back: retry later, never stuck busy
+                    log.error("%s: cannot read the envelope: %s", format_id(msg_id), e)
+                    self.queue.begin(msg_id)
+                    self.queue.deferred(msg_id, now, ("spool", "SPOOL", str(e)))
+                    continue
                 self.queue.begin(msg_id)
-                d = Delivery(self, self.spool.message(msg_id))
+                d = Delivery(self, msg)
                 self.active[msg_id] = d
                 d.next_group()
 
