@@ -330,7 +330,7 @@ class Server(Intake):
             elif kind == "data_end":
                 self._on_data_end(c)
             elif kind == "auth":
-                ok = self.users is not None and self.users.check(_text(ev[2]), _text(ev[3]))
+                ok = self.users is not None and self.users.check(ev[2], ev[3])   # bytes: as given
                 log.info("%s: AUTH %s user=%s %s", c.name(), _text(ev[1]), _text(ev[2]),
                          "ok" if ok else "failed")
                 s.auth_result(ok)

@@ -84,6 +84,9 @@ class Spool:
             # [fragment offsets, envelope length, body size, done mask, media bytes, seq of last partial ACK]
             self._msgs[msg_id] = [offs, env_len, size, done, media, ack_seq]
             self._live_bytes += media
+        # the scan's own index is no longer needed (a second copy of it in a board's RAM); its
+        # counters and damage list stay for `spool check` and the tests
+        sc.messages = sc.last_record = sc.boot_ends = None
         self._writers = {}
         self._pending = []
         self._acks = []
