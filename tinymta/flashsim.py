@@ -39,7 +39,6 @@ class FlashSim:
             self.mem[b * block_size:(b + 1) * block_size] = self._ff
         self.erase_counts = [0] * nblocks
         self.ops = 0            # programs + erases since creation
-        self.bytes_programmed = 0
         self.budget = None      # ops left until the power cut; None = never
         self.fault = "after"
         self.dead = False
@@ -65,13 +64,6 @@ class FlashSim:
         """Come back after a cut: the memory stays as the cut left it."""
         self.dead = False
         self.budget = None
-
-    def copy(self):
-        other = FlashSim(self.nblocks, self.block_size, self.prog_unit)
-        other.mem[:] = self.mem
-        other.erase_counts = list(self.erase_counts)
-        other._rng = self._rng
-        return other
 
     def _alive(self):
         if self.dead:
@@ -104,7 +96,6 @@ class FlashSim:
             raise PowerLoss("power cut during program")
         if n not in self.bad:
             self.mem[a:a + len(buf)] = buf
-        self.bytes_programmed += len(buf)
 
     def _erase(self, n):
         a = n * self.block_size

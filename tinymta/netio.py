@@ -34,7 +34,7 @@ def listen_socket(host, port, backlog=64):
     return s
 
 
-def _ip_text(family, raw):
+def _ip_text(raw):
     if len(raw) == 4:
         return "%d.%d.%d.%d" % (raw[0], raw[1], raw[2], raw[3])
     parts = ["%x" % ((raw[i] << 8) | raw[i + 1]) for i in range(0, 16, 2)]
@@ -49,7 +49,7 @@ def peer_of(addr):
             ip = ip[7:]
         return ip, addr[1]
     fam_ip_port = socket.sockaddr(addr)          # MicroPython unix: raw sockaddr bytes
-    return _ip_text(fam_ip_port[0], bytes(fam_ip_port[1])), fam_ip_port[2]
+    return _ip_text(bytes(fam_ip_port[1])), fam_ip_port[2]
 
 
 def accept(listener):
